@@ -18,8 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
-from rmqtwist import RemotingCommand, RequestCode, ResponseCode, SerializeType  # noqa: E402
-from rmqtwist.codec import FrameDecoder, decode_frame, encode_frame  # noqa: E402
+from rmqtwist import RemotingCommand, RequestCode, ResponseCode, SerializeType
+from rmqtwist.codec import FrameDecoder, decode_frame, encode_frame
 
 REQUEST_6 = RemotingCommand.request(
     RequestCode.SEND_MESSAGE_V2,
@@ -76,14 +76,20 @@ def main() -> None:
                 }
             )
 
-    print(f"rmqtwist codec, {platform.python_implementation()} {platform.python_version()}, "
-          f"best of {args.rounds} x {args.number} calls")
-    header = f"{'case':<24}{'format':<10}{'bytes':>7}{'encode us':>11}{'decode us':>11}{'feed us':>10}"
+    print(
+        f"rmqtwist codec, {platform.python_implementation()} {platform.python_version()}, "
+        f"best of {args.rounds} x {args.number} calls"
+    )
+    header = (
+        f"{'case':<24}{'format':<10}{'bytes':>7}{'encode us':>11}{'decode us':>11}{'feed us':>10}"
+    )
     print(header)
     print("-" * len(header))
     for r in rows:
-        print(f"{r['case']:<24}{r['serialize_type']:<10}{r['frame_bytes']:>7}"
-              f"{r['encode_us']:>11.2f}{r['decode_us']:>11.2f}{r['feed_us']:>10.2f}")
+        print(
+            f"{r['case']:<24}{r['serialize_type']:<10}{r['frame_bytes']:>7}"
+            f"{r['encode_us']:>11.2f}{r['decode_us']:>11.2f}{r['feed_us']:>10.2f}"
+        )
     result = {"python": platform.python_version(), "rows": rows}
     print(json.dumps(result))
     if args.json:

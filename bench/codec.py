@@ -1,6 +1,6 @@
 """Encode/decode cost per command for both header formats.
 
-Run: python bench/codec.py [--repeat N] [--json FILE]
+Run: python bench/codec.py [--number N] [--rounds R] [--json FILE]
 
 Prints a table (microseconds per operation, best of --rounds timing rounds) and, with
 --json, writes the same numbers as JSON. Cases: the 6-field request a producer sends

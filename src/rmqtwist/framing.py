@@ -46,6 +46,7 @@ class LengthPrefixed(Protocol):
     _failed = False
 
     def connectionMade(self) -> None:
+        """Start a fresh :class:`~rmqtwist.codec.FrameDecoder` for this connection."""
         self._decoder = FrameDecoder(self.max_frame_length)
 
     @property
@@ -55,6 +56,8 @@ class LengthPrefixed(Protocol):
         return format_address(transport.getPeer()) if transport is not None else ""
 
     def dataReceived(self, data: bytes) -> None:
+        """Feed ``data`` to the decoder and hand each whole command to
+        :meth:`command_received`; on a protocol error, :meth:`protocol_error`."""
         if self._failed:
             return
         decoder = self._decoder
@@ -124,6 +127,7 @@ class LengthPrefixed(Protocol):
             transport.loseConnection()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        """Drop the decoder and whatever partial frame it held."""
         self._decoder = None
 
 

@@ -207,6 +207,12 @@ def test_json_ali_ons_and_cpp_ext_values_become_java_strings() -> None:
     }
 
 
+def test_json_non_integer_numbers_are_spelled_as_java_bigdecimal() -> None:
+    raw = b'{"code":1,"extFields":{"f":1e21,"g":-0.5,"n":{"a":[1,2.0,null,"s"]}}}'
+    command = decode_frame(frame(raw))
+    assert command.ext_fields == {"f": "1E+21", "g": "-0.5", "n": '{"a":[1,2.0,null,"s"]}'}
+
+
 def test_json_go_and_cpp_empty_remark_is_kept() -> None:
     command = decode_frame(json_frame({"code": 1, "language": "GO", "remark": ""}))
     assert command.remark == ""

@@ -15,6 +15,7 @@ import json
 import re
 import struct
 from collections.abc import Mapping
+from decimal import Decimal
 from types import MappingProxyType
 from typing import Any, Final
 
@@ -78,8 +79,9 @@ _SIGNATURE_FIRST_BYTES: Final = frozenset(signature[0] for signature, _ in _SIGN
 
 
 def sniff_wrong_protocol(first_bytes: bytes) -> WrongProtocol | None:
-    """A :class:`WrongProtocol` error if a connection's first bytes belong to another
-    protocol (HTTP/2, HTTP, a TLS ClientHello), else None. Needs at least 4 bytes."""
+    """A :class:`~rmqtwist.errors.WrongProtocol` error if a connection's first bytes
+    belong to another protocol (HTTP/2, HTTP, a TLS ClientHello), else None. Needs at
+    least 4 bytes."""
     if not first_bytes or first_bytes[0] not in _SIGNATURE_FIRST_BYTES:
         return None
     for signature, protocol in _SIGNATURES:
@@ -155,7 +157,9 @@ def _encode_json_header(command: RemotingCommand) -> bytes:
         raise EncodeError(f"header text is not encodable as UTF-8: {e}") from None
 
 
-_json_decode = json.JSONDecoder(parse_float=str, parse_constant=str).decode
+# Non-integer numbers become Decimals, so that an ext value 1e21 reads as Java's
+# BigDecimal spells it ("1E+21") and nested numbers stay numbers.
+_json_decode = json.JSONDecoder(parse_float=Decimal, parse_constant=str).decode
 
 
 def _slow_int_field(header: Mapping[str, Any], key: str, default: int | None) -> int:
@@ -181,9 +185,19 @@ def _ext_text(value: object) -> str:
         return "true"
     if value is False:
         return "false"
-    if isinstance(value, int):
+    if isinstance(value, (int, Decimal)):
         return str(value)
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    if value is None:
+        return "null"
+    if isinstance(value, list):
+        return "[" + ",".join(_nested_json(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(_quote(k) + ":" + _nested_json(v) for k, v in value.items()) + "}"
+    return str(value)
+
+
+def _nested_json(value: object) -> str:
+    return _quote(value) if isinstance(value, str) else _ext_text(value)
 
 
 def _decode_json_header(text: str, body: bytes) -> RemotingCommand:
@@ -386,8 +400,9 @@ def encode_header(command: RemotingCommand, serialize_type: int | None = None) -
 def encode_frame(command: RemotingCommand, serialize_type: int | None = None) -> bytes:
     """The whole frame of ``command``, 4-byte length prefix included.
 
-    ``serialize_type`` None means the command's own. Raises :class:`EncodeError` when a
-    value does not fit the chosen format (e.g. a code above 32767 in ROCKETMQ).
+    ``serialize_type`` None means the command's own. Raises
+    :class:`~rmqtwist.errors.EncodeError` when a value does not fit the chosen format
+    (e.g. a code above 32767 in ROCKETMQ).
     """
     stype = command.serialize_type if serialize_type is None else serialize_type
     if stype == _JSON:
@@ -447,8 +462,9 @@ def _check_prefix(total: int, max_frame_length: int) -> None:
 def decode_frame(data: bytes) -> RemotingCommand:
     """Decode exactly one whole frame (length prefix included).
 
-    Raises :class:`MalformedFrame` if ``data`` is truncated or has bytes past the frame,
-    :class:`WrongProtocol` if it starts like HTTP, HTTP/2 or TLS.
+    Raises :class:`~rmqtwist.errors.MalformedFrame` if ``data`` is truncated or has
+    bytes past the frame, :class:`~rmqtwist.errors.WrongProtocol` if it starts like
+    HTTP, HTTP/2 or TLS.
     """
     size = len(data)
     if size >= 4 and data[0] in _SIGNATURE_FIRST_BYTES:
@@ -475,9 +491,10 @@ class FrameDecoder:
     """Incremental frame decoder: feed it bytes as they arrive, get whole commands back.
 
     ``max_frame_length`` counts the 4-byte prefix, as Java's does: a frame of exactly
-    that many bytes on the wire is accepted, one byte more raises :class:`FrameTooLarge`
-    as soon as the prefix is readable, before any of the body is buffered. The first
-    frame is also checked for another protocol's greeting (:class:`WrongProtocol`).
+    that many bytes on the wire is accepted, one byte more raises
+    :class:`~rmqtwist.errors.FrameTooLarge` as soon as the prefix is readable, before
+    any of the body is buffered. The first frame is also checked for another
+    protocol's greeting (:class:`~rmqtwist.errors.WrongProtocol`).
 
     After a :class:`~rmqtwist.errors.ProtocolError` the decoder is dead: every later
     ``feed`` raises the same error. The commands decoded before the bad frame in the

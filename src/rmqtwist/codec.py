@@ -52,6 +52,7 @@ _INT16 = struct.Struct(">h")
 # code int16, language uint8, version int16, opaque int32, flag int32, remark length int32
 _BIN_FIXED = struct.Struct(">hBhiii")
 _BIN_FIXED_SIZE = _BIN_FIXED.size  # 17; with the ext length that follows, 21
+_BIN_FIXED_EXT = struct.Struct(">hBhiiii")  # the same, plus the int32 after a 0 remark length
 
 _JSON = SerializeType.JSON
 _ROCKETMQ = SerializeType.ROCKETMQ
@@ -304,7 +305,7 @@ def _encode_binary_header(command: RemotingCommand) -> bytes:
     return b"".join(parts)
 
 
-def _decode_ext(region: bytes) -> dict[str, str]:
+def _decode_ext(region: bytes | bytearray) -> dict[str, str]:
     """The ext_fields entries of a ROCKETMQ header: ``int16 key length, key, int32 value
     length, value``, repeated to the end of ``region``.
 
@@ -350,21 +351,28 @@ def _decode_binary_header(buf: Any, start: int, end: int, body: bytes) -> Remoti
         raise MalformedFrame(
             f"ROCKETMQ header of {end - start} bytes is shorter than its 21-byte fixed part"
         )
-    code, language, version, opaque, flag, remark_len = _BIN_FIXED.unpack_from(buf, start)
+    # One unpack reads the fixed part and, when there is no remark (most requests), the
+    # ext_fields length after it too.
+    code, language, version, opaque, flag, remark_len, ext_len = _BIN_FIXED_EXT.unpack_from(
+        buf, start
+    )
     pos = start + _BIN_FIXED_SIZE
     if remark_len < 0 or pos + remark_len + 4 > end:
         raise MalformedFrame(f"ROCKETMQ header remark length {remark_len} runs past the header")
     try:
-        remark = str(buf[pos : pos + remark_len], "utf-8") if remark_len else None
-        pos += remark_len
-        (ext_len,) = _INT32.unpack_from(buf, pos)
+        if remark_len:
+            remark: str | None = str(buf[pos : pos + remark_len], "utf-8")
+            pos += remark_len
+            (ext_len,) = _INT32.unpack_from(buf, pos)
+        else:
+            remark = None
         pos += 4
         if ext_len < 0 or pos + ext_len != end:
             raise MalformedFrame(
                 f"ROCKETMQ header ext_fields length {ext_len} does not end at the header's "
                 f"end ({end - pos} bytes left)"
             )
-        ext = MappingProxyType(_decode_ext(bytes(buf[pos:end]))) if ext_len else None
+        ext = MappingProxyType(_decode_ext(buf[pos:end])) if ext_len else None
     except IndexError:
         raise MalformedFrame("ROCKETMQ header ext_fields entry is cut short") from None
     except UnicodeDecodeError as e:

@@ -4,6 +4,8 @@
 bytes that are not a valid frame: the only safe reaction is to close that connection.
 ``EncodeError`` means a command of ours cannot be put on the wire as asked, and
 ``HeaderError`` that ext_fields do not make the typed custom header asked for.
+``RemotingCallError`` and its subclasses say why a request we sent got no response;
+``RPCHookAbort`` is how an RPC hook refuses a request.
 """
 
 from __future__ import annotations
@@ -14,12 +16,18 @@ if TYPE_CHECKING:
     from rmqtwist.command import RemotingCommand
 
 __all__ = [
+    "ConnectionLostError",
     "EncodeError",
     "FrameTooLarge",
     "HeaderError",
     "MalformedFrame",
     "ProtocolError",
+    "RPCHookAbort",
+    "RemotingCallError",
     "RemotingError",
+    "RemotingTimeoutError",
+    "SendRequestError",
+    "TooManyRequestsError",
     "WrongProtocol",
 ]
 
@@ -82,3 +90,36 @@ class HeaderError(RemotingError, ValueError):
         super().__init__(f"{header}.{field}: {message}")
         self.header = header
         self.field = field
+
+
+class RemotingCallError(RemotingError):
+    """A request we sent did not get its response."""
+
+
+class RemotingTimeoutError(RemotingCallError, TimeoutError):
+    """No response came within the request's timeout."""
+
+
+class ConnectionLostError(RemotingCallError, ConnectionError):
+    """The connection closed (or was never open) before the response came."""
+
+
+class SendRequestError(RemotingCallError):
+    """The request could not be written to the connection."""
+
+
+class TooManyRequestsError(RemotingCallError):
+    """No in-flight permit came free within the request's timeout (the budget is spent)."""
+
+
+class RPCHookAbort(RemotingError):
+    """Raised by an RPC hook's ``before_request`` to refuse a request.
+
+    A server answers the request with ``code`` and ``remark`` instead of processing it;
+    a client fails the call with this exception instead of sending it.
+    """
+
+    def __init__(self, code: int, remark: str | None = None) -> None:
+        super().__init__(f"request refused by an RPC hook: code {code}, remark {remark!r}")
+        self.code = code
+        self.remark = remark

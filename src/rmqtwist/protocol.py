@@ -1,0 +1,536 @@
+"""The remoting connection: requests both ways over one :class:`LengthPrefixed` stream.
+
+A RocketMQ connection is symmetric: either side may send requests and must answer the
+other's. :class:`RemotingProtocol` does both.
+
+- Outgoing: :meth:`RemotingProtocol.invoke` registers the request in a pending table
+  keyed by opaque (a per-connection counter) *before* writing it; the response pops its
+  entry; a timeout or the loss of the connection fails it. Every Deferred fires once.
+- Incoming: a request is routed to the processor registered for its code (else the
+  default one, else REQUEST_CODE_NOT_SUPPORTED), through the RPC hooks, within the
+  in-flight limits, and answered in its own serialize type; oneway requests never are.
+
+What all connections of one server (or client) share lives in a :class:`Dispatcher`:
+processors, hooks, listeners, budgets, limits, the clock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from typing import TYPE_CHECKING
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import connectionDone
+from twisted.logger import Logger
+from twisted.protocols.policies import TimeoutMixin
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from rmqtwist.budgets import Permit, Permits
+from rmqtwist.codec import encode_frame
+from rmqtwist.codes import FLAG_ONEWAY, FLAG_RESPONSE, ResponseCode, SerializeType, code_name
+from rmqtwist.command import RemotingCommand
+from rmqtwist.dispatcher import Dispatcher, RequestContext
+from rmqtwist.errors import (
+    ConnectionLostError,
+    ProtocolError,
+    RemotingTimeoutError,
+    RPCHookAbort,
+)
+from rmqtwist.framing import LengthPrefixed, format_address
+from rmqtwist.interfaces import IChannel
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IDelayedCall
+
+__all__ = [
+    "OVERLOAD_REMARK",
+    "REJECT_REMARK",
+    "Dispatcher",
+    "Permit",
+    "Permits",
+    "RemotingProtocol",
+    "RequestContext",
+]
+
+_log = Logger()
+
+REJECT_REMARK = "[REJECTREQUEST]system busy, start flow control for a while"
+OVERLOAD_REMARK = "[OVERLOAD]system busy, start flow control for a while"
+_INT32_MAX = (1 << 31) - 1
+_channel_ids = itertools.count(1)
+
+
+# ---------------------------------------------------------------------------
+# Budgets
+
+
+def _forced(forced: SerializeType | None, own: SerializeType) -> SerializeType:
+    return own if forced is None else forced
+
+
+# ---------------------------------------------------------------------------
+
+
+def _check_timeout(timeout: float) -> None:
+    # A real reactor's callLater asserts delay >= 0: failing there would leak the permit.
+    if not timeout >= 0:
+        raise ValueError(f"timeout must be a number of seconds >= 0, got {timeout!r}")
+
+
+def _addressed(response: RemotingCommand, request: RemotingCommand) -> RemotingCommand:
+    """``response`` with the opaque and serialize type of ``request`` and flag bit 0 set."""
+    if (
+        response.opaque != request.opaque
+        or response.flag != FLAG_RESPONSE
+        or response.serialize_type != request.serialize_type
+    ):
+        response = response.replace(
+            opaque=request.opaque,
+            flag=(response.flag | FLAG_RESPONSE) & ~FLAG_ONEWAY,
+            serialize_type=request.serialize_type,
+        )
+    return response
+
+
+class _Pending:
+    __slots__ = ("deferred", "permit", "request", "timer")
+
+    def __init__(
+        self,
+        request: RemotingCommand,
+        deferred: Deferred[RemotingCommand],
+        permit: Permit,
+        timer: IDelayedCall,
+    ) -> None:
+        self.request = request
+        self.deferred = deferred
+        self.permit = permit
+        self.timer = timer
+
+
+@implementer(IChannel, IPushProducer)
+class RemotingProtocol(LengthPrefixed, TimeoutMixin):
+    """A remoting connection that sends and answers requests (see the module doc).
+
+    Set ``dispatcher`` before the connection is made (factories do).
+    """
+
+    dispatcher: Dispatcher
+
+    def __init__(self) -> None:
+        self.channel_id = f"ch{next(_channel_ids)}"
+        self.remote_address = ""
+        self.local_address = ""
+        self.is_connected = False
+        self.is_writable = False
+        self._pending: dict[int, _Pending] = {}
+        # calls of ours still waiting for a permit, failed at once if the connection goes
+        self._waiting: dict[Deferred[Permit], Permits] = {}
+        self._processing: set[RequestContext] = set()
+        self._next_opaque = 1
+        self._paused_reading = False
+
+    # -- connection lifecycle ---------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        dispatcher = self.dispatcher
+        transport = self.transport
+        assert transport is not None
+        self.remote_address = format_address(transport.getPeer())
+        self.local_address = format_address(transport.getHost())
+        self.is_connected = True
+        self.is_writable = True
+        self.callLater = dispatcher.clock.callLater  # type: ignore[method-assign,assignment]
+        self.setTimeout(dispatcher.idle_timeout)  # type: ignore[no-untyped-call]
+        set_no_delay = getattr(transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            with contextlib.suppress(OSError):  # e.g. a UNIX socket: no Nagle to turn off
+                set_no_delay(True)
+        if hasattr(transport, "bufferSize"):
+            transport.bufferSize = dispatcher.write_high_water
+        transport.registerProducer(self, True)  # type: ignore[attr-defined]
+        dispatcher.connections.add(self)
+        dispatcher.connections_made += 1
+        dispatcher.notify("on_connect", self)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.is_connected = False
+        self.is_writable = False
+        self.setTimeout(None)  # type: ignore[no-untyped-call]
+        super().connectionLost(reason)
+        dispatcher = self.dispatcher
+        dispatcher.connections.discard(self)
+        dispatcher.connections_closed += 1
+        why = reason.getErrorMessage() if reason is not None else "connection closed"
+        # Waiters first, so that the permits released below go to other connections.
+        waiting, self._waiting = self._waiting, {}
+        for waiter, permits in waiting.items():
+            permits._withdraw(
+                waiter,
+                ConnectionLostError(
+                    f"connection to {self.remote_address} lost while waiting for "
+                    f"a {permits.name} permit: {why}"
+                ),
+            )
+        pending, self._pending = self._pending, {}
+        for entry in pending.values():
+            if entry.timer.active():
+                entry.timer.cancel()
+            entry.permit.release()
+            entry.deferred.errback(
+                ConnectionLostError(
+                    f"connection to {self.remote_address} lost before the response to "
+                    f"{code_name(entry.request.code)} (opaque {entry.request.opaque}): {why}"
+                )
+            )
+        processing, self._processing = self._processing, set()
+        for context in processing:  # their answers have nowhere to go now
+            context._done = True
+            dispatcher.in_flight -= 1
+        dispatcher.notify("on_close", self)
+
+    def timeoutConnection(self) -> None:
+        """Idle for the idle timeout: raise the IDLE event, then close."""
+        _log.info(
+            "Closing {peer}: idle for {seconds} s", peer=self.remote_address, seconds=self.timeOut
+        )
+        self.dispatcher.notify("on_idle", self)
+        self.abort()
+
+    def protocol_error(self, error: ProtocolError) -> None:
+        self.dispatcher.notify("on_exception", self, error)
+        super().protocol_error(error)
+
+    def close(self) -> None:
+        """Close after what is already written has been sent."""
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    # -- flow control (IPushProducer: the transport tells us its write buffer is full) --
+
+    def pauseProducing(self) -> None:
+        """Our write buffer passed the high-water mark: stop reading from this peer."""
+        self.is_writable = False
+        if not self._paused_reading and self.transport is not None:
+            self._paused_reading = True
+            self.transport.pauseProducing()  # type: ignore[attr-defined]
+
+    def resumeProducing(self) -> None:
+        """The write buffer drained: read again."""
+        self.is_writable = self.is_connected
+        if self._paused_reading and self.transport is not None:
+            self._paused_reading = False
+            self.transport.resumeProducing()  # type: ignore[attr-defined]
+
+    def stopProducing(self) -> None:
+        """The transport is going away; connectionLost does the clean-up."""
+
+    # -- bytes in and out -------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        self.resetTimeout()  # type: ignore[no-untyped-call]
+        super().dataReceived(data)
+
+    def _write(self, frame: bytes) -> None:
+        self.resetTimeout()  # type: ignore[no-untyped-call]
+        transport = self.transport
+        assert transport is not None
+        transport.write(frame)
+
+    def command_received(self, command: RemotingCommand) -> None:
+        if command.flag & FLAG_RESPONSE:
+            self._response_received(command)
+        else:
+            self._request_received(command)
+
+    # -- requests we send -------------------------------------------------------------
+
+    def _allocate_opaque(self) -> int:
+        opaque = self._next_opaque
+        pending = self._pending
+        while opaque in pending:  # only after wrapping past a very old request
+            opaque = opaque + 1 if opaque < _INT32_MAX else 0
+        self._next_opaque = opaque + 1 if opaque < _INT32_MAX else 0
+        return opaque
+
+    def _wait_for_permit(self, permits: Permits, timeout: float) -> Deferred[Permit]:
+        waiter = permits.acquire(timeout)
+        if not waiter.called:
+            self._waiting[waiter] = permits
+
+            def forget(result: object) -> object:
+                self._waiting.pop(waiter, None)
+                return result
+
+            waiter.addBoth(forget)
+        return waiter
+
+    def invoke(self, request: RemotingCommand, timeout: float = 3.0) -> Deferred[RemotingCommand]:
+        """Send ``request`` to the peer and return a Deferred of its response.
+
+        The Deferred fails with :class:`RemotingTimeoutError` after ``timeout`` seconds,
+        :class:`ConnectionLostError` if the connection closes first,
+        :class:`TooManyRequestsError` if no async permit comes free in time,
+        :class:`RPCHookAbort` if a hook refuses it, :class:`EncodeError` if it cannot be
+        encoded. Cancelling it forgets the request (a late response is then dropped).
+        Raises ValueError at once for a negative ``timeout``.
+        """
+        _check_timeout(timeout)
+        if not self.is_connected:
+            return fail(ConnectionLostError(f"not connected to {self.remote_address or 'peer'}"))
+        permit = self.dispatcher.async_permits.try_acquire()
+        if permit is not None:
+            return self._send_request(request, timeout, permit)
+        started = self.dispatcher.clock.seconds()
+        waiting = self._wait_for_permit(self.dispatcher.async_permits, timeout)
+
+        def got_permit(permit: Permit) -> Deferred[RemotingCommand]:
+            left = timeout - (self.dispatcher.clock.seconds() - started)
+            if not self.is_connected:
+                permit.release()
+                return fail(ConnectionLostError(f"connection to {self.remote_address} lost"))
+            return self._send_request(request, max(left, 0.0), permit)
+
+        return waiting.addCallback(got_permit)
+
+    def _send_request(
+        self, request: RemotingCommand, timeout: float, permit: Permit
+    ) -> Deferred[RemotingCommand]:
+        dispatcher = self.dispatcher
+        try:
+            if dispatcher.hooks:
+                request = dispatcher.before_request(self.remote_address, request)
+            opaque = self._allocate_opaque()
+            request = request.replace(
+                opaque=opaque,
+                flag=request.flag & ~(FLAG_RESPONSE | FLAG_ONEWAY),
+                serialize_type=_forced(dispatcher.serialize_type, request.serialize_type),
+            )
+            frame = encode_frame(request)
+        except Exception as e:
+            permit.release()
+            return fail(e)
+
+        def cancel(_: Deferred[RemotingCommand]) -> None:
+            entry = self._pending.pop(opaque, None)
+            if entry is not None:
+                if entry.timer.active():
+                    entry.timer.cancel()
+                entry.permit.release()
+
+        deferred: Deferred[RemotingCommand] = Deferred(cancel)
+        timer = dispatcher.clock.callLater(timeout, self._timed_out, opaque, timeout)
+        self._pending[opaque] = _Pending(request, deferred, permit, timer)  # before the write
+        dispatcher.requests_sent += 1
+        try:
+            self._write(frame)
+        except Exception:
+            failure = Failure()  # type: ignore[no-untyped-call]
+            if self._pending.pop(opaque, None) is not None:
+                timer.cancel()
+                permit.release()
+                deferred.errback(failure)
+        return deferred
+
+    def _timed_out(self, opaque: int, timeout: float) -> None:
+        entry = self._pending.pop(opaque, None)
+        if entry is None:
+            return
+        entry.permit.release()
+        request = entry.request
+        entry.deferred.errback(
+            RemotingTimeoutError(
+                f"no response from {self.remote_address} to {code_name(request.code)} "
+                f"(opaque {opaque}) within {timeout:g} s"
+            )
+        )
+        if self.dispatcher.close_on_timeout:
+            _log.info("Closing {peer} after a request timed out", peer=self.remote_address)
+            self.close()
+
+    def _response_received(self, response: RemotingCommand) -> None:
+        entry = self._pending.pop(response.opaque, None)
+        if entry is None:
+            self.dispatcher.late_responses += 1
+            _log.info(
+                "Dropping a response from {peer} that matches no pending request "
+                "(late after a timeout or cancel?): {response!r}",
+                peer=self.remote_address,
+                response=response,
+            )
+            return
+        if entry.timer.active():
+            entry.timer.cancel()
+        entry.permit.release()
+        dispatcher = self.dispatcher
+        if dispatcher.hooks:
+            try:
+                response = dispatcher.after_response(self.remote_address, entry.request, response)
+            except Exception as e:
+                entry.deferred.errback(e)
+                return
+        entry.deferred.callback(response)
+
+    def invoke_oneway(self, request: RemotingCommand, timeout: float = 3.0) -> Deferred[None]:
+        """Send ``request`` with the oneway flag; fires with None once it is written.
+
+        Waits up to ``timeout`` for a oneway permit (TooManyRequestsError after that).
+        Raises ValueError at once for a negative ``timeout``.
+        """
+        _check_timeout(timeout)
+        if not self.is_connected:
+            return fail(ConnectionLostError(f"not connected to {self.remote_address or 'peer'}"))
+
+        def send(permit: Permit) -> None:
+            try:
+                if not self.is_connected:
+                    raise ConnectionLostError(f"connection to {self.remote_address} lost")
+                command = request
+                if self.dispatcher.hooks:
+                    command = self.dispatcher.before_request(self.remote_address, command)
+                command = command.replace(
+                    opaque=self._allocate_opaque(),
+                    flag=(command.flag | FLAG_ONEWAY) & ~FLAG_RESPONSE,
+                    serialize_type=_forced(self.dispatcher.serialize_type, command.serialize_type),
+                )
+                self._write(encode_frame(command))
+                self.dispatcher.requests_sent += 1
+            finally:
+                permit.release()
+
+        permit = self.dispatcher.oneway_permits.try_acquire()
+        if permit is not None:
+            try:
+                send(permit)
+            except Exception as e:
+                return fail(e)
+            return succeed(None)
+        return self._wait_for_permit(self.dispatcher.oneway_permits, timeout).addCallback(send)
+
+    # -- requests we answer -----------------------------------------------------------
+
+    def _request_received(self, request: RemotingCommand) -> None:
+        dispatcher = self.dispatcher
+        dispatcher.requests_received += 1
+        registration = dispatcher.processor_for(request.code)
+        if registration is None:
+            dispatcher.requests_unsupported += 1
+            self._answer_now(
+                request,
+                ResponseCode.REQUEST_CODE_NOT_SUPPORTED,
+                f" request type {request.code} not supported",
+            )
+            return
+        processor = registration.processor
+        reject = getattr(processor, "reject_request", None)
+        try:
+            rejected = bool(reject()) if reject is not None else False
+        except Exception:
+            _log.failure("reject_request() raised; treating it as False")
+            rejected = False
+        if rejected:
+            dispatcher.requests_rejected += 1
+            self._answer_now(request, ResponseCode.SYSTEM_BUSY, REJECT_REMARK)
+            return
+        if (
+            dispatcher.in_flight >= dispatcher.max_in_flight
+            or len(self._processing) >= dispatcher.max_in_flight_per_connection
+        ):
+            dispatcher.requests_overloaded += 1
+            self._answer_now(request, ResponseCode.SYSTEM_BUSY, OVERLOAD_REMARK)
+            return
+        context = RequestContext(self, request)
+        self._processing.add(context)
+        dispatcher.in_flight += 1
+        if dispatcher.hooks:
+            try:
+                request = context.request = dispatcher.before_request(self.remote_address, request)
+            except RPCHookAbort as abort:
+                context.respond(RemotingCommand.response_to(request, abort.code, abort.remark))
+                return
+            except Exception:
+                context._fail(Failure())  # type: ignore[no-untyped-call]
+                return
+        if registration.blocking:
+            dispatcher.run_blocking(processor, context, request).addCallbacks(
+                context._complete, context._fail
+            )
+            return
+        try:
+            result = processor.process_request(context, request)
+        except Exception:
+            context._fail(Failure())  # type: ignore[no-untyped-call]
+            return
+        if isinstance(result, Deferred):
+            result.addCallbacks(context._complete, context._fail)
+        else:
+            context._complete(result)
+
+    def _answer_now(self, request: RemotingCommand, code: int, remark: str) -> None:
+        if not request.is_oneway:
+            self._send_response(request, RemotingCommand.response_to(request, code, remark))
+
+    def _request_done(self, context: RequestContext) -> None:
+        if context in self._processing:
+            self._processing.discard(context)
+            self.dispatcher.in_flight -= 1
+
+    def _send_response(
+        self,
+        request: RemotingCommand,
+        response: RemotingCommand,
+        processed: RemotingCommand | None = None,
+    ) -> None:
+        """Answer ``request`` (as received: its opaque, oneway bit and serialize type
+        decide) with ``response``; the after-hooks see ``processed``, the request as the
+        before-hooks left it (default ``request``)."""
+        if request.is_oneway:
+            return  # a oneway request gets no reply of any kind
+        response = _addressed(response, request)
+        dispatcher = self.dispatcher
+        try:
+            if dispatcher.hooks:
+                response = dispatcher.after_response(
+                    self.remote_address, request if processed is None else processed, response
+                )
+                response = _addressed(response, request)  # a hook may have built a new one
+            frame = encode_frame(response)
+        except Exception as e:
+            _log.failure("Cannot send the response to {request!r}", request=request)
+            frame = encode_frame(
+                RemotingCommand.response_to(
+                    request, ResponseCode.SYSTEM_ERROR, f"{type(e).__name__}: {e}"
+                )
+            )
+        if not self.is_connected:
+            _log.debug(
+                "Dropping the response to {request!r}: {peer} is gone",
+                request=request,
+                peer=self.remote_address,
+            )
+            return
+        dispatcher.responses_sent += 1
+        self._write(frame)
+
+    # -- introspection ----------------------------------------------------------------
+
+    @property
+    def pending_count(self) -> int:
+        """Requests sent on this connection still waiting for their response."""
+        return len(self._pending)
+
+    @property
+    def processing_count(self) -> int:
+        """Requests from the peer still being processed."""
+        return len(self._processing)
+
+    def __repr__(self) -> str:
+        return (
+            f"<RemotingProtocol {self.channel_id} {self.local_address} <-> "
+            f"{self.remote_address} pending={len(self._pending)} "
+            f"processing={len(self._processing)}>"
+        )

@@ -1,0 +1,418 @@
+"""``twist rmq-remoting``: the options and ``makeService`` of the remoting server plugin.
+
+:class:`Options` parses the command line (on its own it raises
+:class:`~twisted.python.usage.UsageError` for bad input); :func:`makeService` turns it into
+a :class:`~rmqtwist.server.RemotingServer`. Under ``twist`` or ``twistd`` a bad option is
+reported as one line on stderr with exit status 2 (``twist`` itself would print its whole
+``--help`` and exit 64), and an endpoint that cannot be listened on as one line with exit
+status 1, never a traceback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+from twisted.plugin import getPlugins
+from twisted.python import usage
+from twisted.python.reflect import namedAny
+from zope.interface import Interface
+
+from rmqtwist.codec import DEFAULT_MAX_FRAME_LENGTH
+from rmqtwist.codes import RequestCode, SerializeType, code_name
+from rmqtwist.interfaces import (
+    IProcessorPlugin,
+    IRequestProcessor,
+    IRPCHook,
+    IRPCHookPlugin,
+)
+from rmqtwist.processors import ProcessorPlugin, RPCHookPlugin, echo_plugin, stats_plugin
+from rmqtwist.server import RemotingServer, RemotingServerFactory
+
+__all__ = ["DEFAULT_PORT", "Options", "ProcessorChoice", "makeService", "parse_code"]
+
+#: The port a RocketMQ broker listens on, used when neither --port nor --listen is given.
+DEFAULT_PORT = 10911
+_INT32_MAX = (1 << 31) - 1
+_T = TypeVar("_T")
+
+
+@dataclasses.dataclass(frozen=True)
+class ProcessorChoice:
+    """One ``--processor [CODE=]NAME``: the plugin, and the code it was given (if any)."""
+
+    spec: str
+    plugin: IProcessorPlugin
+    code: int | None = None
+
+    @property
+    def codes(self) -> tuple[int, ...]:
+        """The codes it registers for; empty: it becomes the default processor."""
+        if self.code is not None:
+            return (self.code,)
+        return tuple(int(code) for code in self.plugin.codes)
+
+
+#: What runs when no --processor is given: echo as the default, stats for code 28.
+DEFAULT_PROCESSORS = (
+    ProcessorChoice("echo", echo_plugin),
+    ProcessorChoice("stats", stats_plugin),
+)
+
+
+def parse_code(text: str) -> int:
+    """A request code from a number (``28``) or a RequestCode name (``GET_BROKER_RUNTIME_INFO``,
+    any case). Raises ValueError for anything else."""
+    text = text.strip()
+    try:
+        code = int(text)
+    except ValueError:
+        try:
+            code = int(RequestCode[text.upper()])
+        except KeyError:
+            raise ValueError(
+                f"{text!r} is neither a number nor a RequestCode name "
+                "(such as GET_BROKER_RUNTIME_INFO)"
+            ) from None
+    if not 0 <= code <= _INT32_MAX:
+        raise ValueError(f"request code {code} is out of range (0-{_INT32_MAX})")
+    return code
+
+
+def _number(
+    option: str, text: str, kind: Callable[[str], _T], low: float, high: float | None = None
+) -> _T:
+    try:
+        value = kind(text)
+    except ValueError:
+        raise usage.UsageError(f"--{option} must be a number, not {text!r}") from None
+    if value != value or value < low or (high is not None and value > high):  # type: ignore[operator]
+        bounds = f"between {low:g} and {high:g}" if high is not None else f"at least {low:g}"
+        raise usage.UsageError(f"--{option} must be {bounds}, not {text}")
+    return value
+
+
+def _is_path(name: str) -> bool:
+    return ":" in name or "." in name
+
+
+def _import(path: str) -> object:
+    """``pkg.module:attr.attr`` or ``pkg.module.attr``."""
+    if ":" in path:
+        module_name, _, attributes = path.partition(":")
+        obj: object = importlib.import_module(module_name)
+        for attribute in attributes.split(".") if attributes else []:
+            obj = getattr(obj, attribute)
+        return obj
+    return namedAny(path)  # type: ignore[no-untyped-call]
+
+
+def _resolve(
+    option: str,
+    name: str,
+    interface: type[Interface],
+    wrap: Callable[[object], Any],
+) -> Any:
+    """A plugin providing ``interface`` named ``name`` or at the dotted path ``name``."""
+    if not name:
+        raise usage.UsageError(f"--{option} needs a name")
+    if not _is_path(name):
+        plugins: list[Any] = list(getPlugins(interface))
+        found = {plugin.name: plugin for plugin in plugins}
+        if name in found:
+            return found[name]
+        known = ", ".join(sorted(found)) or "none"
+        raise usage.UsageError(
+            f"--{option} {name}: no {option} plugin of that name (known: {known}); "
+            "give a plugin name or a dotted path such as pkg.module:factory"
+        )
+    try:
+        obj = _import(name)
+    except Exception as e:
+        raise usage.UsageError(
+            f"--{option} {name}: cannot import it: {type(e).__name__}: {e}"
+        ) from None
+    plugin = wrap(obj)
+    if plugin is None:
+        raise usage.UsageError(
+            f"--{option} {name}: {obj!r} is not a {option} plugin, a {option} or a "
+            f"callable that makes one"
+        )
+    return plugin
+
+
+def _as_processor_plugin(spec: str) -> Callable[[object], IProcessorPlugin | None]:
+    def wrap(obj: object) -> IProcessorPlugin | None:
+        plugin = IProcessorPlugin(obj, None)
+        if plugin is not None:
+            return plugin
+        if IRequestProcessor.providedBy(obj):
+            return ProcessorPlugin(spec, "", lambda: obj)
+        if callable(obj):
+            return ProcessorPlugin(spec, "", obj)
+        return None
+
+    return wrap
+
+
+def _as_hook_plugin(spec: str) -> Callable[[object], IRPCHookPlugin | None]:
+    def wrap(obj: object) -> IRPCHookPlugin | None:
+        plugin = IRPCHookPlugin(obj, None)
+        if plugin is not None:
+            return plugin
+        if IRPCHook.providedBy(obj):
+            return RPCHookPlugin(spec, "", lambda: obj)
+        if callable(obj):
+            return RPCHookPlugin(spec, "", obj)
+        return None
+
+    return wrap
+
+
+def _plugin_list(interface: type[Interface]) -> str:
+    found: list[Any] = list(getPlugins(interface))
+    plugins = sorted(found, key=lambda plugin: str(plugin.name))
+    lines = []
+    for plugin in plugins:
+        codes = getattr(plugin, "codes", None)
+        where = ""
+        if codes is not None:
+            where = (
+                " [" + ", ".join(f"{code_name(c)} ({c})" for c in codes) + "]"
+                if codes
+                else " [default processor]"
+            )
+        lines.append(f"  {plugin.name:<12} {plugin.description}{where}")
+    return "\n".join(lines) or "  (none found)"
+
+
+class Options(usage.Options):
+    """The options of ``twist rmq-remoting``."""
+
+    synopsis = "[options]"
+    longdesc = (
+        "Run an Apache RocketMQ remoting server. Without --processor, requests with code "
+        "GET_BROKER_RUNTIME_INFO (28) get the 'stats' processor and every other request the "
+        "'echo' processor (SUCCESS with the request's ext_fields and body); with any "
+        "--processor, only the processors given answer and other codes get "
+        "REQUEST_CODE_NOT_SUPPORTED (3). --help-processors and --help-hooks list the "
+        "plugins found."
+    )
+
+    def __init__(self) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        # --help shows the opt_* docstrings: fold their line breaks and indentation
+        self.docs = {name: " ".join(doc.split()) if doc else doc for name, doc in self.docs.items()}
+        self["port"] = None
+        self["listen"] = []
+        self["idle-timeout"] = 120.0
+        self["max-connections"] = 1000
+        self["max-frame-length"] = DEFAULT_MAX_FRAME_LENGTH
+        self["processors"] = []
+        self["hooks"] = []
+        self["serialize-type"] = SerializeType.JSON
+        self["shutdown-timeout"] = 30.0
+
+    def parseOptions(self, options: Sequence[str] | None = None) -> None:
+        """Parse ``options``; under twist/twistd a usage error exits (see the module doc)."""
+        try:
+            super().parseOptions(options)  # type: ignore[no-untyped-call]
+        except usage.UsageError as e:
+            if self.parent is None:  # parsed on its own: the caller deals with it
+                raise
+            _exit_with_usage_error(e)
+
+    def opt_port(self, port: str) -> None:
+        """TCP port to listen on, on all interfaces [default: 10911, unless --listen is
+        given]."""
+        self["port"] = _number("port", port, int, 0, 65535)
+
+    opt_p = opt_port
+
+    def opt_listen(self, endpoint: str) -> None:
+        """Listen on a Twisted endpoint (repeatable): tcp:10911, tcp:0:interface=127.0.0.1,
+        tcp6:10911, unix:/run/rmq.sock, ssl:10912:privateKey=key.pem:certKey=cert.pem."""
+        if not endpoint.strip():
+            raise usage.UsageError("--listen needs an endpoint such as tcp:10911")
+        self["listen"].append(endpoint)
+
+    opt_l = opt_listen
+
+    def opt_idle_timeout(self, seconds: str) -> None:
+        """Close a connection after this many seconds with nothing read or written (0:
+        never) [default: 120]."""
+        self["idle-timeout"] = _number("idle-timeout", seconds, float, 0)
+
+    def opt_max_connections(self, count: str) -> None:
+        """Refuse new connections while this many are open [default: 1000]."""
+        self["max-connections"] = _number("max-connections", count, int, 1)
+
+    def opt_max_frame_length(self, size: str) -> None:
+        """Largest frame accepted in bytes, length prefix included [default: 16777216]."""
+        self["max-frame-length"] = _number("max-frame-length", size, int, 8)
+
+    def opt_processor(self, spec: str) -> None:
+        """[CODE=]NAME: answer requests with processor NAME (repeatable). NAME is a
+        processor plugin (see --help-processors) or a dotted path pkg.module:factory; CODE
+        a request code number or name. Without CODE, the plugin's own codes, or the
+        default processor. [default: echo as the default processor, stats for
+        GET_BROKER_RUNTIME_INFO (28)]"""
+        code_text, separator, name = spec.partition("=")
+        if not separator:
+            code_text, name = "", spec
+        code = None
+        if separator:
+            try:
+                code = parse_code(code_text)
+            except ValueError as e:
+                raise usage.UsageError(f"--processor {spec}: {e}") from None
+        name = name.strip()
+        plugin = _resolve("processor", name, IProcessorPlugin, _as_processor_plugin(name))
+        self["processors"].append(ProcessorChoice(spec, plugin, code))
+
+    def opt_hook(self, name: str) -> None:
+        """Run the RPC hook NAME around every request (repeatable, in order): an RPC hook
+        plugin (see --help-hooks) or a dotted path pkg.module:factory."""
+        name = name.strip()
+        self["hooks"].append(_resolve("hook", name, IRPCHookPlugin, _as_hook_plugin(name)))
+
+    def opt_serialize_type(self, name: str) -> None:
+        """Header format of the requests the server sends: json or rocketmq [default:
+        json]. Responses always use their request's format."""
+        try:
+            self["serialize-type"] = SerializeType[name.strip().upper()]
+        except KeyError:
+            raise usage.UsageError(
+                f"--serialize-type must be json or rocketmq, not {name!r}"
+            ) from None
+
+    def opt_shutdown_timeout(self, seconds: str) -> None:
+        """On stop, wait up to this many seconds for requests in flight before closing
+        the connections [default: 30]."""
+        self["shutdown-timeout"] = _number("shutdown-timeout", seconds, float, 0)
+
+    def opt_help_processors(self) -> NoReturn:
+        """List the processor plugins found, and exit."""
+        print("Processor plugins (--processor NAME):\n" + _plugin_list(IProcessorPlugin))
+        sys.exit(0)
+
+    def opt_help_hooks(self) -> NoReturn:
+        """List the RPC hook plugins found, and exit."""
+        print("RPC hook plugins (--hook NAME):\n" + _plugin_list(IRPCHookPlugin))
+        sys.exit(0)
+
+    def postOptions(self) -> None:
+        if self["port"] is not None or not self["listen"]:
+            port = DEFAULT_PORT if self["port"] is None else self["port"]
+            self["listen"].insert(0, f"tcp:{port}")
+        _check_processors(self["processors"])
+
+    @property
+    def processor_choices(self) -> list[ProcessorChoice]:
+        """The processors to register: those given, or the defaults."""
+        return list(self["processors"]) or list(DEFAULT_PROCESSORS)
+
+
+def _check_processors(choices: Iterable[ProcessorChoice]) -> None:
+    """Refuse two processors for one code, or two default processors."""
+    owner: dict[int | None, str] = {}
+    for choice in choices:
+        for code in choice.codes or (None,):
+            if code in owner:
+                what = "the default processor" if code is None else f"code {code}"
+                raise usage.UsageError(
+                    f"--processor {choice.spec}: {what} already goes to --processor {owner[code]}"
+                )
+            owner[code] = choice.spec
+
+
+def _program() -> str:
+    name = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "twist"
+    return "twist" if name in ("__main__.py", "-c", "") else name
+
+
+def _exit_with_usage_error(error: Exception) -> NoReturn:
+    message = " ".join(str(error).split())
+    print(
+        f"{_program()} rmq-remoting: error: {message} (see --help)",
+        file=sys.stderr,
+        flush=True,
+    )
+    raise SystemExit(2)
+
+
+class _CommandLineServer(RemotingServer):
+    """Under twist/twistd: an endpoint that cannot be listened on ends the process with a
+    one-line message and status 1 (instead of a traceback, or a server listening nowhere)."""
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        self._exit_if_not_listening()
+
+    def startService(self) -> None:
+        super().startService()
+        self._exit_if_not_listening()
+
+    def _exit_if_not_listening(self) -> None:
+        errors = self.listen_errors
+        if errors:
+            endpoint, failure = errors[0]
+            message = " ".join(failure.getErrorMessage().split())
+            print(
+                f"{_program()} rmq-remoting: error: cannot listen on {endpoint}: {message}",
+                file=sys.stderr,
+                flush=True,
+            )
+            raise SystemExit(1)
+
+
+def makeService(options: Options) -> RemotingServer:
+    """The :class:`~rmqtwist.server.RemotingServer` that ``options`` describe (not started).
+
+    Raises UsageError for an endpoint Twisted cannot parse or a processor/hook factory that
+    makes something else (under twist/twistd: one line on stderr, exit status 2).
+    """
+    under_twist = options.parent is not None
+    try:
+        return _make_service(options, _CommandLineServer if under_twist else RemotingServer)
+    except usage.UsageError as e:
+        if not under_twist:
+            raise
+        _exit_with_usage_error(e)
+
+
+def _make_service(options: Options, server_class: type[RemotingServer]) -> RemotingServer:
+    idle_timeout = options["idle-timeout"] or None
+    factory = RemotingServerFactory(
+        max_connections=options["max-connections"],
+        max_frame_length=options["max-frame-length"],
+        idle_timeout=idle_timeout,
+        serialize_type=options["serialize-type"],
+    )
+    for choice in options.processor_choices:
+        try:
+            processor = choice.plugin.make_processor()
+        except TypeError as e:  # the factory made something that is not a processor
+            raise usage.UsageError(f"--processor {choice.spec}: {e}") from None
+        if choice.codes:
+            for code in choice.codes:
+                factory.register_processor(code, processor)
+        else:
+            factory.register_default_processor(processor)
+    for plugin in options["hooks"]:
+        try:
+            hook = plugin.make_hook()
+        except TypeError as e:
+            raise usage.UsageError(f"--hook {plugin.name}: {e}") from None
+        factory.register_rpc_hook(hook)
+    server = server_class(factory, shutdown_timeout=options["shutdown-timeout"])
+    for endpoint in options["listen"]:
+        try:
+            server.listen(endpoint)
+        except Exception as e:  # serverFromString: unknown type, bad arguments, no such file
+            raise usage.UsageError(f"--listen {endpoint}: {type(e).__name__}: {e}") from None
+    return server

@@ -2,8 +2,9 @@
 
 ``python -m rmqtwist echo [--port 10911] [--host 0.0.0.0]`` runs an echo server: every
 request is answered SUCCESS with its own ext_fields and body and remark ``ok``, in the
-request's serialize type; oneway requests get no answer. It is a peer to test clients
-against until the full server (``twist rmq-remoting``) lands.
+request's serialize type; oneway requests get no answer. It is the smallest peer to test
+clients against: a bare :class:`~rmqtwist.framing.LengthPrefixed`, with none of the
+server's processors, hooks or limits (for those, run ``twist rmq-remoting``).
 """
 
 from __future__ import annotations

@@ -1523,3 +1523,38 @@ def test_processor_without_reject_request_is_accepted() -> None:
     side = Side(dispatcher)
     side.feed(RemotingCommand.request(10, opaque=5))
     assert [(c.opaque, c.code) for c in side.sent()] == [(5, 0)]
+
+
+def test_oneway_permits_are_held_while_the_write_buffer_is_full() -> None:
+    dispatcher = Dispatcher(Clock(), oneway_permits=2, idle_timeout=None)
+    s = Side(dispatcher)
+    s.protocol.pauseProducing()  # the transport says its buffer passed the high-water mark
+    first = s.protocol.invoke_oneway(RemotingCommand.request(15))
+    second = s.protocol.invoke_oneway(RemotingCommand.request(15))
+    assert result_of(first) is None and result_of(second) is None  # written (buffered)
+    assert dispatcher.oneway_permits.available == 0
+    third = s.protocol.invoke_oneway(RemotingCommand.request(15), timeout=1.0)
+    assert not third.called  # waits for the buffer to drain
+    s.protocol.resumeProducing()
+    assert result_of(third) is None
+    assert len(s.sent()) == 3
+    assert dispatcher.oneway_permits.available == 2
+
+
+def test_held_oneway_permits_are_freed_when_the_connection_is_lost() -> None:
+    dispatcher = Dispatcher(Clock(), oneway_permits=1, idle_timeout=None)
+    s = Side(dispatcher)
+    s.protocol.pauseProducing()
+    s.protocol.invoke_oneway(RemotingCommand.request(15))
+    assert dispatcher.oneway_permits.available == 0
+    s.lose()
+    assert dispatcher.oneway_permits.available == 1
+
+
+def test_send_command_resets_the_idle_timer() -> None:
+    clock = Clock()
+    s = Side(Dispatcher(clock, idle_timeout=10))
+    clock.advance(9)
+    s.protocol.send_command(RemotingCommand.request(1))
+    clock.advance(9)
+    assert s.protocol.is_connected and not s.transport.disconnecting

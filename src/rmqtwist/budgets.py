@@ -3,22 +3,13 @@
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 
-from rmqtwist.errors import (
-    TooManyRequestsError,
-)
-
-if TYPE_CHECKING:
-    pass
+from rmqtwist.errors import TooManyRequestsError
 
 __all__ = ["Permit", "Permits"]
-
-
-# ---------------------------------------------------------------------------
 
 
 class Permit:
@@ -103,7 +94,3 @@ class Permits:
             self._waiters.popleft().callback(Permit(self))  # the slot passes straight on
         else:
             self.in_use -= 1
-
-
-# ---------------------------------------------------------------------------
-# The shared part

@@ -268,7 +268,3 @@ class RequestContext:
         if not self._done:
             self._done = True
             self.channel._request_done(self)
-
-
-# ---------------------------------------------------------------------------
-# The connection

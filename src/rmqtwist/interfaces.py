@@ -41,7 +41,7 @@ class IChannel(Interface):
     )
     is_connected = Attribute("True until the connection is lost.")
 
-    def invoke(request: RemotingCommand, timeout: float) -> Deferred[RemotingCommand]:
+    def invoke(request: RemotingCommand, timeout: float = 3.0) -> Deferred[RemotingCommand]:
         """Send ``request`` to the peer; a Deferred firing with its response.
 
         Fails with :class:`~rmqtwist.errors.RemotingTimeoutError` after ``timeout``
@@ -50,8 +50,11 @@ class IChannel(Interface):
         spent. Cancelling it forgets the request.
         """
 
-    def invoke_oneway(request: RemotingCommand) -> Deferred[None]:
-        """Send ``request`` with the oneway flag; a Deferred firing with None once written."""
+    def invoke_oneway(request: RemotingCommand, timeout: float = 3.0) -> Deferred[None]:
+        """Send ``request`` with the oneway flag; a Deferred firing with None once written.
+
+        Waits up to ``timeout`` for a oneway permit; a permit is held while the
+        connection's write buffer is past its high-water mark."""
 
     def close() -> None:
         """Close the connection after what is already written has been sent."""
@@ -93,8 +96,10 @@ class IRPCHook(Interface):
     Each method returns None to keep the command as it is, or a replacement command
     (commands are immutable: a signing hook returns a signed copy). ``before_request``
     may raise :class:`~rmqtwist.errors.RPCHookAbort` to refuse the request with a
-    response code and remark. The same hooks run on a client for its outgoing requests
-    and their responses.
+    response code and remark. ``after_response`` also sees the answers the connection
+    makes itself (REQUEST_CODE_NOT_SUPPORTED, ``[REJECTREQUEST]``, ``[OVERLOAD]``),
+    which no ``before_request`` preceded. The same hooks run on a client for its
+    outgoing requests and their responses.
     """
 
     def before_request(remote_address: str, request: RemotingCommand) -> RemotingCommand | None:

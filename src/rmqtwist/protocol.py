@@ -1,4 +1,4 @@
-"""The remoting connection: requests both ways over one :class:`LengthPrefixed` stream.
+"""The remoting connection: requests both ways over one length-prefixed stream.
 
 A RocketMQ connection is symmetric: either side may send requests and must answer the
 other's. :class:`RemotingProtocol` does both.
@@ -10,8 +10,9 @@ other's. :class:`RemotingProtocol` does both.
   default one, else REQUEST_CODE_NOT_SUPPORTED), through the RPC hooks, within the
   in-flight limits, and answered in its own serialize type; oneway requests never are.
 
-What all connections of one server (or client) share lives in a :class:`Dispatcher`:
-processors, hooks, listeners, budgets, limits, the clock.
+What all connections of one server (or client) share lives in a
+:class:`~rmqtwist.dispatcher.Dispatcher`: processors, hooks, listeners, budgets, limits,
+the clock.
 """
 
 from __future__ import annotations
@@ -61,10 +62,6 @@ REJECT_REMARK = "[REJECTREQUEST]system busy, start flow control for a while"
 OVERLOAD_REMARK = "[OVERLOAD]system busy, start flow control for a while"
 _INT32_MAX = (1 << 31) - 1
 _channel_ids = itertools.count(1)
-
-
-# ---------------------------------------------------------------------------
-# Budgets
 
 
 def _forced(forced: SerializeType | None, own: SerializeType) -> SerializeType:
@@ -132,6 +129,7 @@ class RemotingProtocol(LengthPrefixed, TimeoutMixin):
         self._processing: set[RequestContext] = set()
         self._next_opaque = 1
         self._paused_reading = False
+        self._held_permits: list[Permit] = []
 
     # -- connection lifecycle ---------------------------------------------------------
 
@@ -166,6 +164,7 @@ class RemotingProtocol(LengthPrefixed, TimeoutMixin):
         dispatcher.connections.discard(self)
         dispatcher.connections_closed += 1
         why = reason.getErrorMessage() if reason is not None else "connection closed"
+        self._release_held_permits()
         # Waiters first, so that the permits released below go to other connections.
         waiting, self._waiting = self._waiting, {}
         for waiter, permits in waiting.items():
@@ -194,7 +193,11 @@ class RemotingProtocol(LengthPrefixed, TimeoutMixin):
         dispatcher.notify("on_close", self)
 
     def timeoutConnection(self) -> None:
-        """Idle for the idle timeout: raise the IDLE event, then close."""
+        """Idle for the idle timeout: raise the IDLE event, then abort the connection.
+
+        Abort rather than a graceful close: an idle connection has nothing in flight
+        worth waiting for, and when it is idle because the peer stopped reading, a
+        graceful close would wait for a write buffer that never drains."""
         _log.info(
             "Closing {peer}: idle for {seconds} s", peer=self.remote_address, seconds=self.timeOut
         )
@@ -220,11 +223,17 @@ class RemotingProtocol(LengthPrefixed, TimeoutMixin):
             self.transport.pauseProducing()  # type: ignore[attr-defined]
 
     def resumeProducing(self) -> None:
-        """The write buffer drained: read again."""
+        """The write buffer drained: read again, and free the oneway permits held."""
         self.is_writable = self.is_connected
+        self._release_held_permits()
         if self._paused_reading and self.transport is not None:
             self._paused_reading = False
             self.transport.resumeProducing()  # type: ignore[attr-defined]
+
+    def _release_held_permits(self) -> None:
+        held, self._held_permits = self._held_permits, []
+        for permit in held:
+            permit.release()
 
     def stopProducing(self) -> None:
         """The transport is going away; connectionLost does the clean-up."""
@@ -234,6 +243,13 @@ class RemotingProtocol(LengthPrefixed, TimeoutMixin):
     def dataReceived(self, data: bytes) -> None:
         self.resetTimeout()  # type: ignore[no-untyped-call]
         super().dataReceived(data)
+
+    def send_command(self, command: RemotingCommand, serialize_type: int | None = None) -> None:
+        """Write ``command`` as it is (no opaque, hooks or pending entry): a raw frame.
+
+        Like every write, it resets the idle timer.
+        """
+        self._write(encode_frame(command, serialize_type))
 
     def _write(self, frame: bytes) -> None:
         self.resetTimeout()  # type: ignore[no-untyped-call]
@@ -272,11 +288,12 @@ class RemotingProtocol(LengthPrefixed, TimeoutMixin):
     def invoke(self, request: RemotingCommand, timeout: float = 3.0) -> Deferred[RemotingCommand]:
         """Send ``request`` to the peer and return a Deferred of its response.
 
-        The Deferred fails with :class:`RemotingTimeoutError` after ``timeout`` seconds,
-        :class:`ConnectionLostError` if the connection closes first,
-        :class:`TooManyRequestsError` if no async permit comes free in time,
-        :class:`RPCHookAbort` if a hook refuses it, :class:`EncodeError` if it cannot be
-        encoded. Cancelling it forgets the request (a late response is then dropped).
+        The Deferred fails with :class:`~rmqtwist.errors.RemotingTimeoutError` after
+        ``timeout`` seconds, :class:`~rmqtwist.errors.ConnectionLostError` if the
+        connection closes first, :class:`~rmqtwist.errors.TooManyRequestsError` if no
+        async permit comes free in time, :class:`~rmqtwist.errors.RPCHookAbort` if a hook
+        refuses it, :class:`~rmqtwist.errors.EncodeError` if it cannot be encoded.
+        Cancelling it forgets the request (a late response is then dropped).
         Raises ValueError at once for a negative ``timeout``.
         """
         _check_timeout(timeout)
@@ -399,8 +416,15 @@ class RemotingProtocol(LengthPrefixed, TimeoutMixin):
                 )
                 self._write(encode_frame(command))
                 self.dispatcher.requests_sent += 1
-            finally:
+            except BaseException:
                 permit.release()
+                raise
+            if self.is_writable:
+                permit.release()
+            else:
+                # The write buffer is past its high-water mark: like Java, which frees the
+                # permit when the write completes, hold it until the buffer drains.
+                self._held_permits.append(permit)
 
         permit = self.dispatcher.oneway_permits.try_acquire()
         if permit is not None:

@@ -6,6 +6,7 @@ Doctest: python -m sphinx -W --keep-going -b doctest docs docs/_build/doctest
 
 from __future__ import annotations
 
+import doctest
 import re
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 DOCS = Path(__file__).resolve().parent
 ROOT = DOCS.parent
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(DOCS / "_ext"))
 
 import rmqtwist  # noqa: E402
 
@@ -26,6 +28,7 @@ extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.doctest",
     "sphinx.ext.napoleon",
+    "zopeinterface",  # docs/_ext: ``.. autointerface::`` for rmqtwist.interfaces
 ]
 
 # No intersphinx: the build must not fetch anything over the network.
@@ -57,7 +60,12 @@ napoleon_numpy_docstring = False
 # -- doctest -------------------------------------------------------------------------
 # Every ``>>>`` block in the narrative pages (and in docstrings pulled in by autodoc)
 # is run by ``-b doctest``, in this process: src is already on sys.path. The programs
-# under docs/examples are run as scripts (see docs/examples/run_all.py).
+# under docs/examples are run as scripts (see docs/examples/run_all.py); doctests may
+# also import them (``from acl_hooks import acl_signature``), which runs no ``main()``.
+doctest_path = [str(DOCS / "examples")]
+# Sphinx's default flags include IGNORE_EXCEPTION_DETAIL, which would let the message of
+# an expected exception go stale unnoticed; check it like any other output.
+doctest_default_flags = doctest.ELLIPSIS | doctest.DONT_ACCEPT_TRUE_FOR_1
 
 # -- HTML ----------------------------------------------------------------------------
 html_theme = "alabaster"
@@ -102,10 +110,13 @@ def _drop_exception_rtype(app, domain, objtype, contentnode):
             field_list.parent.remove(field_list)
 
 
-# -- type aliases in unions ------------------------------------------------------------
-# Sphinx 9 records "JavaInt | None" as "TypeAliasForwardRef('...JavaInt') | None"; put
-# the alias name back before the types are merged into the description (priority 500).
+# -- type aliases in unions, zope interfaces ----------------------------------------------
+# Sphinx 9 records "JavaInt | None" as "TypeAliasForwardRef('...JavaInt') | None", and a
+# parameter annotated with a zope interface (processor: IRequestProcessor) as
+# "<InterfaceClass rmqtwist.interfaces.IRequestProcessor>"; put the names back before the
+# types are merged into the description (priority 500).
 _ALIAS_FORWARD_REF = re.compile(r"TypeAliasForwardRef\('([^']*)'\)")
+_INTERFACE_REPR = re.compile(r"<InterfaceClass ([\w.]+)>")
 
 
 def _clean_alias_forward_refs(app, domain, objtype, contentnode):
@@ -114,11 +125,30 @@ def _clean_alias_forward_refs(app, domain, objtype, contentnode):
     for hints in annotations.values():
         for key, value in hints.items():
             if "TypeAliasForwardRef(" in value:
-                hints[key] = _ALIAS_FORWARD_REF.sub(r"\1", value)
+                value = hints[key] = _ALIAS_FORWARD_REF.sub(r"\1", value)
+            if "<InterfaceClass " in value:
+                hints[key] = _INTERFACE_REPR.sub(r"\1", value)
+
+
+def _clean_interface_signatures(app, doctree):
+    # The same where autodoc puts the type into the signature itself, as for a property
+    # (RemotingServer.ports: list[IListeningPort]).
+    from docutils import nodes
+    from sphinx import addnodes
+
+    for signature in doctree.findall(addnodes.desc_signature):
+        for text in list(signature.findall(nodes.Text)):
+            if "<InterfaceClass " in text:
+                parent = text.parent
+                parent.replace(text, nodes.Text(_INTERFACE_REPR.sub(r"\1", str(text))))
+                if isinstance(parent, addnodes.pending_xref):
+                    parent["reftarget"] = _INTERFACE_REPR.sub(r"\1", parent["reftarget"])
 
 
 def setup(app):
     from sphinx.ext import napoleon
+
+    app.connect("doctree-read", _clean_interface_signatures)
 
     app.connect("object-description-transform", _clean_alias_forward_refs, priority=400)
 

@@ -386,10 +386,16 @@ def test_echo_processor_echoes() -> None:
         123, {"a": "1"}, b"xyz", remark="r", opaque=9, serialize_type=SerializeType.ROCKETMQ
     )
     reply = EchoProcessor().process_request(None, request)  # type: ignore[arg-type]
+    assert reply is not None
     assert (reply.code, reply.remark, reply.opaque, reply.flag) == (OK, "ok", 9, 1)
     assert dict(reply.ext_fields or {}) == {"a": "1"} and reply.body == b"xyz"
     assert reply.serialize_type == SerializeType.ROCKETMQ
     assert EchoProcessor().reject_request() is False
+
+
+def test_echo_processor_builds_nothing_for_a_oneway_request() -> None:
+    request = RemotingCommand.request(123, {"a": "1"}, b"xyz", oneway=True)
+    assert EchoProcessor().process_request(None, request) is None  # type: ignore[arg-type]
 
 
 def test_stats_processor_reports_counters() -> None:

@@ -58,13 +58,18 @@ _log = Logger()
 
 @implementer(IRequestProcessor)
 class EchoProcessor:
-    """Answers every request SUCCESS, remark ``ok``, echoing its ext_fields and body."""
+    """Answers every request SUCCESS, remark ``ok``, echoing its ext_fields and body.
+
+    A oneway request is only counted: no response is built for it, since none is sent.
+    """
 
     blocking = False
 
     def process_request(
         self, context: IRequestContext, request: RemotingCommand
-    ) -> RemotingCommand:
+    ) -> RemotingCommand | None:
+        if request.is_oneway:
+            return None
         return RemotingCommand.response_to(
             request,
             ResponseCode.SUCCESS,

@@ -110,10 +110,16 @@ class LengthPrefixed(Protocol):
         Raises :class:`~rmqtwist.errors.EncodeError` before writing anything if the
         command cannot be encoded.
         """
-        transport = self.transport
-        if transport is None:
+        frame = encode_frame(command, serialize_type)
+        if self.transport is None:
             raise RuntimeError("send_command() before the connection was made")
-        transport.write(encode_frame(command, serialize_type))
+        self.write_frame(frame)
+
+    def write_frame(self, frame: bytes) -> None:
+        """Write one already-encoded frame: every write of a subclass goes through here."""
+        transport = self.transport
+        assert transport is not None
+        transport.write(frame)
 
     def abort(self) -> None:
         """Close the connection at once, dropping anything not yet written."""

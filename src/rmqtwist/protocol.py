@@ -244,18 +244,10 @@ class RemotingProtocol(LengthPrefixed, TimeoutMixin):
         self.resetTimeout()  # type: ignore[no-untyped-call]
         super().dataReceived(data)
 
-    def send_command(self, command: RemotingCommand, serialize_type: int | None = None) -> None:
-        """Write ``command`` as it is (no opaque, hooks or pending entry): a raw frame.
-
-        Like every write, it resets the idle timer.
-        """
-        self._write(encode_frame(command, serialize_type))
-
-    def _write(self, frame: bytes) -> None:
+    def write_frame(self, frame: bytes) -> None:
+        """Write one frame; every write (``send_command`` too) resets the idle timer."""
         self.resetTimeout()  # type: ignore[no-untyped-call]
-        transport = self.transport
-        assert transport is not None
-        transport.write(frame)
+        super().write_frame(frame)
 
     def command_received(self, command: RemotingCommand) -> None:
         if command.flag & FLAG_RESPONSE:
@@ -344,7 +336,7 @@ class RemotingProtocol(LengthPrefixed, TimeoutMixin):
         self._pending[opaque] = _Pending(request, deferred, permit, timer)  # before the write
         dispatcher.requests_sent += 1
         try:
-            self._write(frame)
+            self.write_frame(frame)
         except Exception:
             failure = Failure()  # type: ignore[no-untyped-call]
             if self._pending.pop(opaque, None) is not None:
@@ -414,7 +406,7 @@ class RemotingProtocol(LengthPrefixed, TimeoutMixin):
                     flag=(command.flag | FLAG_ONEWAY) & ~FLAG_RESPONSE,
                     serialize_type=_forced(self.dispatcher.serialize_type, command.serialize_type),
                 )
-                self._write(encode_frame(command))
+                self.write_frame(encode_frame(command))
                 self.dispatcher.requests_sent += 1
             except BaseException:
                 permit.release()
@@ -538,7 +530,7 @@ class RemotingProtocol(LengthPrefixed, TimeoutMixin):
             )
             return
         dispatcher.responses_sent += 1
-        self._write(frame)
+        self.write_frame(frame)
 
     # -- introspection ----------------------------------------------------------------
 

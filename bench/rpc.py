@@ -1476,41 +1476,25 @@ def run(args: argparse.Namespace, log_dir: Path) -> list[Result]:
     stype = SerializeType[args.serialize_type.upper()]
     try:
         if args.suite:
-            types = (SerializeType.JSON, SerializeType.ROCKETMQ)
+            # (scenario, connections, in flight, oneway, target), each in both formats
+            scenarios = (
+                ("64 in flight", args.connections, 64, False, ("rps", TARGET_RPS)),
+                ("1 in flight", 1, 1, False, ("p50", TARGET_P50_US)),
+                ("oneway, received", args.connections, 0, True, ("oneway", TARGET_ONEWAY)),
+            )
             bench.start_server()
-            for t in types:
-                results.append(
-                    bench.load(
-                        "64 in flight",
-                        connections=args.connections,
-                        in_flight=64,
-                        oneway=False,
-                        serialize_type=t,
-                        target=("rps", TARGET_RPS),
+            for name, connections, in_flight, oneway, target in scenarios:
+                for t in (SerializeType.JSON, SerializeType.ROCKETMQ):
+                    results.append(
+                        bench.load(
+                            name,
+                            connections=connections,
+                            in_flight=in_flight,
+                            oneway=oneway,
+                            serialize_type=t,
+                            target=target,
+                        )
                     )
-                )
-            for t in types:
-                results.append(
-                    bench.load(
-                        "1 in flight",
-                        connections=1,
-                        in_flight=1,
-                        oneway=False,
-                        serialize_type=t,
-                        target=("p50", TARGET_P50_US),
-                    )
-                )
-            for t in types:
-                results.append(
-                    bench.load(
-                        "oneway, received",
-                        connections=args.connections,
-                        in_flight=0,
-                        oneway=True,
-                        serialize_type=t,
-                        target=("oneway", TARGET_ONEWAY),
-                    )
-                )
             bench.start_server(template=FLOOR_SERVER_CMD)
             floor = bench.load(
                 "1 in flight, floor",

@@ -40,6 +40,7 @@ from rmqtwist.errors import (
     ConnectionLostError,
     RemotingTimeoutError,
     RPCHookAbort,
+    SendRequestError,
     TooManyRequestsError,
 )
 from rmqtwist.interfaces import IChannelEventListener, IRequestProcessor, IRPCHook
@@ -547,7 +548,7 @@ def test_invoke_on_a_closed_connection_fails_at_once() -> None:
     never = RemotingProtocol()
     never.dispatcher = make_dispatcher()
     error = failure_of(never.invoke(request()), ConnectionLostError)
-    assert str(error) == "not connected to peer"
+    assert str(error) == "connection to peer is not connected"
 
 
 def test_encode_error_fails_the_call_and_releases_the_permit() -> None:
@@ -569,8 +570,11 @@ def test_write_error_fails_the_call_and_forgets_it() -> None:
             raise OSError("transport broke")
 
     s = Side(make_dispatcher(), Broken())
-    failure_of(s.protocol.invoke(request()), OSError)
-    failure_of(s.protocol.invoke_oneway(request()), OSError)
+    error = failure_of(s.protocol.invoke(request()), SendRequestError)
+    assert isinstance(error.__cause__, OSError)
+    assert "transport broke" in str(error)
+    error = failure_of(s.protocol.invoke_oneway(request()), SendRequestError)
+    assert isinstance(error.__cause__, OSError)
     assert s.protocol.pending_count == 0
     assert s.clock.getDelayedCalls() == []
     assert_budgets_full(s.dispatcher)

@@ -16,11 +16,17 @@ if TYPE_CHECKING:
     from rmqtwist.command import RemotingCommand
 
 __all__ = [
+    "CircuitOpenError",
+    "ClientClosedError",
+    "ConnectBackoffError",
+    "ConnectError",
+    "ConnectionLimitError",
     "ConnectionLostError",
     "EncodeError",
     "FrameTooLarge",
     "HeaderError",
     "MalformedFrame",
+    "NoNameServerError",
     "ProtocolError",
     "RPCHookAbort",
     "RemotingCallError",
@@ -110,6 +116,48 @@ class SendRequestError(RemotingCallError):
 
 class TooManyRequestsError(RemotingCallError):
     """No in-flight permit came free within the request's timeout (the budget is spent)."""
+
+
+class ClientClosedError(RemotingCallError):
+    """The client was closed before the call could finish (or was called after close)."""
+
+
+class ConnectError(RemotingCallError, ConnectionError):
+    """No connection to the address could be made; the request was never sent.
+
+    ``address`` is the ``host:port`` that could not be reached (None when no single
+    address is to blame, e.g. every name server failed).
+    """
+
+    def __init__(self, message: str, address: str | None = None) -> None:
+        super().__init__(message)
+        self.address = address
+
+
+class ConnectBackoffError(ConnectError):
+    """Connecting to ``address`` failed recently and the next attempt is not due before
+    the call's deadline: the call fails at once instead of waiting in vain.
+
+    ``retry_in`` is how many seconds until the next attempt is allowed.
+    """
+
+    def __init__(self, message: str, address: str, retry_in: float) -> None:
+        super().__init__(message, address)
+        self.retry_in = retry_in
+
+
+class CircuitOpenError(ConnectBackoffError):
+    """The address's circuit breaker is open after repeated connect failures: calls to
+    it fail fast until it turns half-open (``retry_in`` seconds from now)."""
+
+
+class ConnectionLimitError(ConnectError):
+    """A new connection is needed but the pool is at its ``max_connections`` and none of
+    its connections is idle enough to close."""
+
+
+class NoNameServerError(ConnectError):
+    """A call to "the current name server" with no name-server address configured."""
 
 
 class RPCHookAbort(RemotingError):

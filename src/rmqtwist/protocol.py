@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IPushProducer
@@ -39,6 +40,7 @@ from rmqtwist.errors import (
     ProtocolError,
     RemotingTimeoutError,
     RPCHookAbort,
+    SendRequestError,
 )
 from rmqtwist.framing import LengthPrefixed, format_address
 from rmqtwist.interfaces import IChannel
@@ -123,7 +125,12 @@ class RemotingProtocol(LengthPrefixed, TimeoutMixin):
         self.local_address = ""
         self.is_connected = False
         self.is_writable = False
+        #: True once close() or abort() was called: nothing new should be sent.
+        self.is_closing = False
+        #: Bumped by every read and write: a pool's idle sweep compares it between sweeps.
+        self.activity = 0
         self._pending: dict[int, _Pending] = {}
+        self._writable_waiters: list[Deferred[None]] = []
         # calls of ours still waiting for a permit, failed at once if the connection goes
         self._waiting: dict[Deferred[Permit], Permits] = {}
         self._processing: set[RequestContext] = set()
@@ -165,32 +172,69 @@ class RemotingProtocol(LengthPrefixed, TimeoutMixin):
         dispatcher.connections_closed += 1
         why = reason.getErrorMessage() if reason is not None else "connection closed"
         self._release_held_permits()
-        # Waiters first, so that the permits released below go to other connections.
+        self._fail_calls(
+            lambda what: ConnectionLostError(
+                f"connection to {self.remote_address} lost {what}: {why}"
+            )
+        )
+        processing, self._processing = self._processing, set()
+        for context in processing:  # their answers have nowhere to go now
+            context._done = True
+            dispatcher.in_flight -= 1
+        dispatcher.notify("on_close", self)
+
+    def _fail_calls(self, error: Callable[[str], Exception]) -> None:
+        # Fail every call of ours on this connection; ``error(what)`` builds each error.
+        writable_waiters, self._writable_waiters = self._writable_waiters, []
+        for writable in writable_waiters:
+            writable.errback(error("while waiting for the write buffer to drain"))
+        # Permit waiters first, so that the permits released below go to other connections.
         waiting, self._waiting = self._waiting, {}
         for waiter, permits in waiting.items():
-            permits._withdraw(
-                waiter,
-                ConnectionLostError(
-                    f"connection to {self.remote_address} lost while waiting for "
-                    f"a {permits.name} permit: {why}"
-                ),
-            )
+            permits._withdraw(waiter, error(f"while waiting for a {permits.name} permit"))
         pending, self._pending = self._pending, {}
         for entry in pending.values():
             if entry.timer.active():
                 entry.timer.cancel()
             entry.permit.release()
             entry.deferred.errback(
-                ConnectionLostError(
-                    f"connection to {self.remote_address} lost before the response to "
-                    f"{code_name(entry.request.code)} (opaque {entry.request.opaque}): {why}"
+                error(
+                    f"before the response to {code_name(entry.request.code)} "
+                    f"(opaque {entry.request.opaque})"
                 )
             )
-        processing, self._processing = self._processing, set()
-        for context in processing:  # their answers have nowhere to go now
-            context._done = True
-            dispatcher.in_flight -= 1
-        dispatcher.notify("on_close", self)
+
+    def fail_calls(self, error: Callable[[str], Exception]) -> None:
+        """Fail at once every call of ours still waiting on this connection.
+
+        Pending requests, calls waiting for a permit and :meth:`when_writable` waiters
+        each fail with ``error(what)``, where ``what`` says what the call was waiting
+        for (``"before the response to SEND_MESSAGE (opaque 7)"``). Their permits are
+        released. The connection itself stays open: a client closing after its drain
+        deadline uses this to fail the rest with its own error before closing.
+        """
+        self._fail_calls(error)
+
+    def in_flight_calls(self) -> list[Deferred[Any]]:
+        """The Deferreds of the calls of ours that have not finished on this connection."""
+        calls: list[Deferred[Any]] = [entry.deferred for entry in self._pending.values()]
+        calls.extend(self._waiting)
+        calls.extend(self._writable_waiters)
+        return calls
+
+    def when_writable(self) -> Deferred[None]:
+        """A Deferred that fires once the write buffer is below its high-water mark.
+
+        It fires at once if it already is, and fails with ConnectionLostError if the
+        connection closes first. Cancelling it forgets the wait.
+        """
+        if self.is_writable:
+            return succeed(None)
+        if not self.is_connected or self.is_closing:
+            return fail(ConnectionLostError(f"connection to {self.remote_address} is closed"))
+        waiter: Deferred[None] = Deferred(lambda d: self._writable_waiters.remove(d))
+        self._writable_waiters.append(waiter)
+        return waiter
 
     def timeoutConnection(self) -> None:
         """Idle for the idle timeout: raise the IDLE event, then abort the connection.
@@ -210,8 +254,16 @@ class RemotingProtocol(LengthPrefixed, TimeoutMixin):
 
     def close(self) -> None:
         """Close after what is already written has been sent."""
+        self.is_closing = True
+        self.is_writable = False
         if self.transport is not None:
             self.transport.loseConnection()
+
+    def abort(self) -> None:
+        """Close at once, dropping anything not yet written."""
+        self.is_closing = True
+        self.is_writable = False
+        super().abort()
 
     # -- flow control (IPushProducer: the transport tells us its write buffer is full) --
 
@@ -224,8 +276,12 @@ class RemotingProtocol(LengthPrefixed, TimeoutMixin):
 
     def resumeProducing(self) -> None:
         """The write buffer drained: read again, and free the oneway permits held."""
-        self.is_writable = self.is_connected
+        self.is_writable = self.is_connected and not self.is_closing
         self._release_held_permits()
+        if self.is_writable and self._writable_waiters:
+            waiters, self._writable_waiters = self._writable_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
         if self._paused_reading and self.transport is not None:
             self._paused_reading = False
             self.transport.resumeProducing()  # type: ignore[attr-defined]
@@ -241,11 +297,13 @@ class RemotingProtocol(LengthPrefixed, TimeoutMixin):
     # -- bytes in and out -------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
+        self.activity += 1
         self.resetTimeout()  # type: ignore[no-untyped-call]
         super().dataReceived(data)
 
     def write_frame(self, frame: bytes) -> None:
         """Write one frame; every write (``send_command`` too) resets the idle timer."""
+        self.activity += 1
         self.resetTimeout()  # type: ignore[no-untyped-call]
         super().write_frame(frame)
 
@@ -289,8 +347,8 @@ class RemotingProtocol(LengthPrefixed, TimeoutMixin):
         Raises ValueError at once for a negative ``timeout``.
         """
         _check_timeout(timeout)
-        if not self.is_connected:
-            return fail(ConnectionLostError(f"not connected to {self.remote_address or 'peer'}"))
+        if not self.is_connected or self.is_closing:
+            return fail(self._not_open())
         permit = self.dispatcher.async_permits.try_acquire()
         if permit is not None:
             return self._send_request(request, timeout, permit)
@@ -299,9 +357,9 @@ class RemotingProtocol(LengthPrefixed, TimeoutMixin):
 
         def got_permit(permit: Permit) -> Deferred[RemotingCommand]:
             left = timeout - (self.dispatcher.clock.seconds() - started)
-            if not self.is_connected:
+            if not self.is_connected or self.is_closing:
                 permit.release()
-                return fail(ConnectionLostError(f"connection to {self.remote_address} lost"))
+                return fail(self._not_open())
             return self._send_request(request, max(left, 0.0), permit)
 
         return waiting.addCallback(got_permit)
@@ -337,13 +395,24 @@ class RemotingProtocol(LengthPrefixed, TimeoutMixin):
         dispatcher.requests_sent += 1
         try:
             self.write_frame(frame)
-        except Exception:
-            failure = Failure()  # type: ignore[no-untyped-call]
+        except Exception as e:
             if self._pending.pop(opaque, None) is not None:
                 timer.cancel()
                 permit.release()
-                deferred.errback(failure)
+                deferred.errback(self._send_failed(request, e))
         return deferred
+
+    def _not_open(self) -> ConnectionLostError:
+        state = "closing" if self.is_connected else "not connected"
+        return ConnectionLostError(f"connection to {self.remote_address or 'peer'} is {state}")
+
+    def _send_failed(self, request: RemotingCommand, error: Exception) -> SendRequestError:
+        failed = SendRequestError(
+            f"cannot write {code_name(request.code)} to {self.remote_address}: "
+            f"{type(error).__name__}: {error}"
+        )
+        failed.__cause__ = error
+        return failed
 
     def _timed_out(self, opaque: int, timeout: float) -> None:
         entry = self._pending.pop(opaque, None)
@@ -391,13 +460,13 @@ class RemotingProtocol(LengthPrefixed, TimeoutMixin):
         Raises ValueError at once for a negative ``timeout``.
         """
         _check_timeout(timeout)
-        if not self.is_connected:
-            return fail(ConnectionLostError(f"not connected to {self.remote_address or 'peer'}"))
+        if not self.is_connected or self.is_closing:
+            return fail(self._not_open())
 
         def send(permit: Permit) -> None:
             try:
-                if not self.is_connected:
-                    raise ConnectionLostError(f"connection to {self.remote_address} lost")
+                if not self.is_connected or self.is_closing:
+                    raise self._not_open()
                 command = request
                 if self.dispatcher.hooks:
                     command = self.dispatcher.before_request(self.remote_address, command)
@@ -406,11 +475,16 @@ class RemotingProtocol(LengthPrefixed, TimeoutMixin):
                     flag=(command.flag | FLAG_ONEWAY) & ~FLAG_RESPONSE,
                     serialize_type=_forced(self.dispatcher.serialize_type, command.serialize_type),
                 )
-                self.write_frame(encode_frame(command))
-                self.dispatcher.requests_sent += 1
+                frame = encode_frame(command)
             except BaseException:
                 permit.release()
                 raise
+            try:
+                self.write_frame(frame)
+            except Exception as e:
+                permit.release()
+                raise self._send_failed(command, e) from e
+            self.dispatcher.requests_sent += 1
             if self.is_writable:
                 permit.release()
             else:

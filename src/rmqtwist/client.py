@@ -114,7 +114,7 @@ def tcp_endpoint(reactor: Any, host: str, port: int, timeout: float) -> IStreamC
         return TCP6ClientEndpoint(reactor, host, port, timeout)  # type: ignore[no-untyped-call]
     if isIPAddress(host):
         return TCP4ClientEndpoint(reactor, host, port, timeout)
-    return HostnameEndpoint(reactor, host.encode("ascii"), port, timeout)
+    return HostnameEndpoint(reactor, host, port, timeout)
 
 
 @dataclass(frozen=True)

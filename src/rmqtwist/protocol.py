@@ -33,7 +33,7 @@ from zope.interface import implementer
 from rmqtwist.budgets import Permit, Permits
 from rmqtwist.codec import encode_frame
 from rmqtwist.codes import FLAG_ONEWAY, FLAG_RESPONSE, ResponseCode, SerializeType, code_name
-from rmqtwist.command import RemotingCommand
+from rmqtwist.command import RemotingCommand, _from_wire
 from rmqtwist.dispatcher import Dispatcher, RequestContext
 from rmqtwist.errors import (
     ConnectionLostError,
@@ -66,8 +66,25 @@ _INT32_MAX = (1 << 31) - 1
 _channel_ids = itertools.count(1)
 
 
-def _forced(forced: SerializeType | None, own: SerializeType) -> SerializeType:
-    return own if forced is None else forced
+def _stamped(
+    command: RemotingCommand, opaque: int, flag: int, forced: SerializeType | None
+) -> RemotingCommand:
+    """``command`` with ``opaque``, ``flag`` and the serialize type (``forced``, or its own).
+
+    Like ``command.replace(...)``, but through the codec's constructor: the command's
+    fields were checked when it was built, and these three are ours (3x faster).
+    """
+    return _from_wire(
+        command.code,
+        command.language,
+        command.version,
+        opaque,
+        flag,
+        command.remark,
+        command.ext_fields,
+        command.body,
+        command.serialize_type if forced is None else forced,
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -372,10 +389,11 @@ class RemotingProtocol(LengthPrefixed, TimeoutMixin):
             if dispatcher.hooks:
                 request = dispatcher.before_request(self.remote_address, request)
             opaque = self._allocate_opaque()
-            request = request.replace(
-                opaque=opaque,
-                flag=request.flag & ~(FLAG_RESPONSE | FLAG_ONEWAY),
-                serialize_type=_forced(dispatcher.serialize_type, request.serialize_type),
+            request = _stamped(
+                request,
+                opaque,
+                request.flag & ~(FLAG_RESPONSE | FLAG_ONEWAY),
+                dispatcher.serialize_type,
             )
             frame = encode_frame(request)
         except Exception as e:
@@ -470,10 +488,11 @@ class RemotingProtocol(LengthPrefixed, TimeoutMixin):
                 command = request
                 if self.dispatcher.hooks:
                     command = self.dispatcher.before_request(self.remote_address, command)
-                command = command.replace(
-                    opaque=self._allocate_opaque(),
-                    flag=(command.flag | FLAG_ONEWAY) & ~FLAG_RESPONSE,
-                    serialize_type=_forced(self.dispatcher.serialize_type, command.serialize_type),
+                command = _stamped(
+                    command,
+                    self._allocate_opaque(),
+                    (command.flag | FLAG_ONEWAY) & ~FLAG_RESPONSE,
+                    self.dispatcher.serialize_type,
                 )
                 frame = encode_frame(command)
             except BaseException:

@@ -291,7 +291,16 @@ class _ClientFactory(Factory):
 class _Attempt:
     """One connect attempt to an address, shared by every call that needs it."""
 
-    __slots__ = ("address", "connecting", "start_at", "started", "starter", "timer", "waiters")
+    __slots__ = (
+        "address",
+        "connecting",
+        "outcome",
+        "start_at",
+        "started",
+        "starter",
+        "timer",
+        "waiters",
+    )
 
     def __init__(self, address: str, start_at: float) -> None:
         self.address = address
@@ -301,8 +310,14 @@ class _Attempt:
         self.connecting: Deferred[Any] | None = None
         self.timer: IDelayedCall | None = None
         self.waiters: list[Deferred[_ClientConnection]] = []
+        # An endpoint may connect (or fail) before the first call waits: keep the outcome.
+        self.outcome: _ClientConnection | Exception | None = None
 
     def wait(self) -> Deferred[_ClientConnection]:
+        if isinstance(self.outcome, Exception):
+            return fail(self.outcome)
+        if self.outcome is not None:
+            return succeed(self.outcome)
         waiter: Deferred[_ClientConnection] = Deferred(self._forget)
         self.waiters.append(waiter)
         return waiter
@@ -312,6 +327,7 @@ class _Attempt:
             self.waiters.remove(waiter)
 
     def settle(self, result: _ClientConnection | Exception) -> None:
+        self.outcome = result
         waiters, self.waiters = self.waiters, []
         for waiter in waiters:
             if isinstance(result, Exception):
@@ -638,12 +654,13 @@ class RemotingClient:
         once for a malformed address or a negative timeout.
         """
         _check_timeout(timeout)
-        self._requests += 1
         if address is not None:
             connection = self._connections.get(address)
             if connection is not None and connection.is_writable:
+                self._requests += 1
                 return connection.invoke(request, timeout).addErrback(self._count_error)
-            parse_address(address)
+            parse_address(address)  # a bad address is refused before it is counted
+        self._requests += 1
         return self._slow_call(address, request, timeout, oneway=False)
 
     def invoke_oneway(
@@ -655,12 +672,13 @@ class RemotingClient:
         comes, so nothing tells whether the peer processed it.
         """
         _check_timeout(timeout)
-        self._requests += 1
         if address is not None:
             connection = self._connections.get(address)
             if connection is not None and connection.is_writable:
+                self._requests += 1
                 return connection.invoke_oneway(request, timeout).addErrback(self._count_error)
-            parse_address(address)
+            parse_address(address)  # a bad address is refused before it is counted
+        self._requests += 1
         return self._slow_call(address, request, timeout, oneway=True)
 
     def _count_error(self, failure: Failure) -> Failure:
@@ -882,6 +900,7 @@ class RemotingClient:
                 connection.activity != connection.swept_activity
                 or connection.pending_count
                 or connection.processing_count
+                or connection.in_flight_calls()  # calls queued for a permit or a drain
             ):
                 connection.swept_activity = connection.activity
                 connection.idle_since = now

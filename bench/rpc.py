@@ -20,6 +20,12 @@ Modes (one per run, or all of the issue's scenarios with --suite):
 - --idle-connections N: the server's RSS growth (VmRSS in /proc/PID/status) per idle
   connection, after connecting and again after one request on each.
 
+With --client rmqtwist the load generator is rmqtwist's own client instead: one process
+running Twisted's epoll reactor with one RemotingClient (request/response or oneway, as
+above, over its one pooled connection), and each row also gives the CPU time per request
+of the client process and of the server over the same window (--suite: 64 in flight, 1
+in flight and oneway, in both header formats; the target: client <= server).
+
 Prints a table (target vs measured where the issue sets one) and one JSON line with the
 same numbers and the machine's description (also written to --json FILE).
 """
@@ -53,6 +59,8 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
+
+from twisted.python.failure import Failure
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
@@ -171,6 +179,8 @@ class ClientSpec:
     ext_fields: int
     drain_timeout: float
     cpus: list[int] | None = None  # CPU affinity, None: the OS decides
+    client: str = "raw"  # "raw": ClientRun; "rmqtwist": TwistedClientRun
+    profile: str | None = None  # rmqtwist: cProfile the measured window into this file
 
 
 _IN = select.EPOLLIN | select.EPOLLERR | select.EPOLLHUP  # errors show up as reads
@@ -513,6 +523,230 @@ class ClientRun:
                 conn.pending.clear()
 
 
+class TwistedClientRun:
+    """A client process that is rmqtwist's own client: one :class:`RemotingClient` on
+    Twisted's epoll reactor, keeping ``windows[0]`` requests in flight on its pooled
+    connection (or writing oneway requests as fast as the connection takes them).
+
+    What it reports matches :class:`ClientRun`, but the window is the reactor's: the
+    CPU time and the requests counted are both taken between the same two timed calls,
+    so their ratio is the client's CPU per request. The harness's own work (a clock read,
+    a check of each response, the next call) is charged to the client too; it is small
+    next to a call (see bench/README.md).
+    """
+
+    def __init__(self, spec: ClientSpec) -> None:
+        from twisted.internet import epollreactor
+
+        epollreactor.install()  # a forked child: the parent never installed one
+        from twisted.internet import reactor
+
+        self.reactor: Any = reactor
+        self.spec = spec
+        self.errors: Counter[str] = Counter()
+        self.latencies = array.array("q")
+        self.completed = 0  # SUCCESS responses (or oneway requests written) in the window
+        self.received = 0
+        self.sent = 0  # calls made after "go" (oneway: those written)
+        self.sent_in_window = 0
+        self.outstanding = 0
+        self.sending = False
+        self.counting = False
+        self.cpu_ns = 0
+        self.window_ns = 0
+        self.waiting: Any = None  # oneway: the one call waiting for a writable connection
+        self.result: dict[str, Any] | None = None
+        self.failure: str | None = None
+        self.profile: Any = None
+
+    def run(self, pipe: Connection) -> dict[str, Any]:
+        self.reactor.callWhenRunning(self._start, pipe)
+        self.reactor.run(installSignalHandlers=False)
+        if self.result is None:
+            raise RuntimeError(self.failure or "the reactor stopped early")
+        return self.result
+
+    def _fail(self, why: str) -> None:
+        self.failure = why
+        if self.reactor.running:
+            self.reactor.stop()
+
+    def _start(self, pipe: Connection) -> None:
+        from rmqtwist.client import ClientConfig, RemotingClient
+
+        spec = self.spec
+        self.stype = SerializeType(spec.serialize_type)
+        self.client = RemotingClient(self.reactor, ClientConfig(serialize_type=self.stype))
+        self.address = f"{spec.host}:{spec.port}"
+        body = (bytes(range(256)) * (spec.body_size // 256 + 1))[: spec.body_size]
+        ext = {f"key{i}": f"value{i:03d}" for i in range(spec.ext_fields)} or None
+        # The request's own serialize type stays JSON: ClientConfig.serialize_type decides.
+        self.request = RemotingCommand.request(BENCH_CODE, ext, body)
+        self.timeout = max(spec.drain_timeout, 1.0)
+        # One call first, to open the pooled connection before the clock starts.
+        opened = self.client.invoke(self.address, self.request, 15.0)
+        opened.addCallbacks(self._opened, self._not_opened, callbackArgs=(pipe,))
+
+    def _not_opened(self, failure: Failure) -> None:
+        self._fail(f"cannot reach {self.address}: {failure.getErrorMessage()}")
+
+    def _opened(self, _: RemotingCommand, pipe: Connection) -> None:
+        try:
+            pipe.send(("ready", 1))
+            _, window_start, window_end = pipe.recv()  # blocking: nothing else is going on
+        except (OSError, EOFError) as e:
+            self._fail(f"lost the benchmark's pipe: {e!r}")
+            return
+        now = time.monotonic_ns()
+        later = self.reactor.callLater
+        later(max(window_start - now, 0) / 1e9, self._window_opens)
+        later(max(window_end - now, 0) / 1e9, self._window_closes)
+        self.sending = True
+        if self.spec.mode == "oneway":
+            self._pump()
+        else:
+            for _ in range(self.spec.windows[0]):
+                self._send()
+
+    def _window_opens(self) -> None:
+        if self.spec.profile:
+            import cProfile
+
+            self.profile = cProfile.Profile()
+            self.profile.enable()
+        self.counting = True
+        self.window_ns = -time.perf_counter_ns()
+        self.cpu_ns = -time.process_time_ns()
+
+    def _window_closes(self) -> None:
+        self.cpu_ns += time.process_time_ns()
+        self.window_ns += time.perf_counter_ns()
+        self.counting = False
+        self.sending = False
+        if self.profile is not None:
+            self.profile.disable()
+            self.profile.dump_stats(self.spec.profile)
+        self.sent_in_window = self.completed
+        self._drain(self.reactor.seconds() + self.spec.drain_timeout)
+
+    # -- request/response --
+
+    def _send(self) -> None:
+        self.outstanding += 1
+        self.sent += 1
+        sent_at = time.perf_counter_ns()
+        self.client.invoke(self.address, self.request, self.timeout).addCallbacks(
+            self._answered, self._call_failed, callbackArgs=(sent_at,)
+        )
+
+    def _answered(self, response: RemotingCommand, sent_at: int) -> None:
+        now = time.perf_counter_ns()
+        self.outstanding -= 1
+        if response.code != 0:
+            self.errors[f"response code {response.code}"] += 1
+        elif response.serialize_type != self.stype:
+            self.errors["response not in the request's serialize type"] += 1
+        elif len(response.body) != self.spec.body_size:
+            self.errors["echoed body of the wrong size"] += 1
+        else:
+            self.received += 1
+            if self.counting:
+                self.completed += 1
+                self.latencies.append(now - sent_at)
+        if self.sending:
+            self._send()
+
+    def _call_failed(self, failure: Failure) -> None:
+        self.outstanding -= 1
+        self._count_failure(failure)
+        if self.sending:  # not at once: a call that fails synchronously would recurse
+            self.reactor.callLater(0.001, self._send)
+
+    # -- oneway --
+
+    def _pump(self) -> None:
+        """Write oneway requests until the connection is unwritable (the call then waits
+        for it to drain) or a batch is done (then let the reactor write it out)."""
+        invoke_oneway = self.client.invoke_oneway
+        address, request, timeout = self.address, self.request, self.timeout
+        written = 0
+        delay = 0.0
+        while self.sending and written < ONEWAY_BATCH:
+            call = invoke_oneway(address, request, timeout)
+            # Peeking at .result of a fired Deferred is cheaper than a callback per call.
+            if not call.called:
+                self.waiting = call
+                call.addCallbacks(self._oneway_written, self._oneway_failed)
+                break
+            if isinstance(call.result, Failure):
+                call.addErrback(self._count_failure)
+                delay = 0.001  # not at once: it may fail the same way again
+                break
+            written += 1
+        self.sent += written
+        if self.counting:
+            self.completed += written
+        if self.waiting is None and self.sending:
+            self.reactor.callLater(delay, self._pump)
+
+    def _oneway_written(self, _: None) -> None:
+        self.waiting = None
+        self.sent += 1
+        if self.counting:
+            self.completed += 1
+        if self.sending:
+            self._pump()
+
+    def _oneway_failed(self, failure: Failure) -> None:
+        self.waiting = None
+        self._count_failure(failure)
+        if self.sending:
+            self.reactor.callLater(0.001, self._pump)
+
+    def _count_failure(self, failure: Failure) -> None:
+        why = re.sub(r"\(opaque \d+\)", "(opaque N)", failure.getErrorMessage())
+        self.errors[f"{type(failure.value).__name__}: {why}"] += 1
+
+    # -- the end --
+
+    def _drain(self, deadline: float) -> None:
+        """Wait for the calls still due (up to the drain timeout); then, after oneway
+        requests, one request/response: its answer proves that the server has read every
+        oneway request written before it."""
+        busy = self.outstanding or self.waiting is not None
+        if busy and self.reactor.seconds() < deadline:
+            self.reactor.callLater(0.001, self._drain, deadline)
+            return
+        if self.outstanding:
+            self.errors["no response (lost)"] += self.outstanding
+        if self.waiting is not None:
+            self.errors["oneway request never written"] += 1
+        if self.spec.mode == "oneway":
+            ping = self.client.invoke(self.address, self.request, self.spec.drain_timeout)
+            ping.addErrback(self._ping_failed).addBoth(lambda _: self._finish())
+        else:
+            self._finish()
+
+    def _ping_failed(self, failure: Failure) -> None:
+        self.errors[f"final request failed: {failure.getErrorMessage()}"] += 1
+
+    def _finish(self) -> None:
+        stats = self.client.pool_stats().as_dict()
+        self.result = {
+            "completed": self.completed,
+            "received": self.received,
+            "sent": self.sent,
+            "sent_in_window": self.sent_in_window,
+            "cpu_s": self.cpu_ns / 1e9,
+            "window_s": self.window_ns / 1e9,
+            "errors": dict(self.errors),
+            "latencies": self.latencies.tobytes(),
+            "connections": stats["created"],
+            "pool": stats,
+        }
+        self.client.close(1.0).addBoth(lambda _: self.reactor.stop())
+
+
 def _wait_writable(sock: socket.socket, deadline: float) -> None:
     poller = select.poll()
     poller.register(sock, select.POLLOUT)
@@ -527,7 +761,10 @@ def _client_main(pipe: Connection, spec: ClientSpec, parent: int) -> None:
     try:
         if spec.cpus:
             os.sched_setaffinity(0, spec.cpus)
-        result = ClientRun(spec).run(pipe)
+        if spec.client == "rmqtwist":
+            result = TwistedClientRun(spec).run(pipe)
+        else:
+            result = ClientRun(spec).run(pipe)
     except BaseException as e:
         pipe.send(("error", f"{type(e).__name__}: {e}"))
     else:
@@ -851,6 +1088,13 @@ class Result:
     server_cpu_pct: float | None = None
     client_cpu_pct: float | None = None
     client_procs: int = 0
+    #: The load generator: "raw" (lean epoll clients) or "rmqtwist" (RemotingClient).
+    client: str = "raw"
+    #: CPU time per request over the measured window, in microseconds, of the client
+    #: process(es) and of the server, and client / server.
+    client_us_per_req: float | None = None
+    server_us_per_req: float | None = None
+    cpu_ratio: float | None = None
     python_loop_ns: float | None = None  # the machine's speed just before this row ran
     target: str = ""
     measured: str = ""
@@ -927,10 +1171,14 @@ class Bench:
         oneway: bool,
         serialize_type: SerializeType,
         target: tuple[str, float] | None = None,
+        client: str = "raw",
     ) -> Result:
         args = self.args
-        procs = max(1, min(args.client_procs, connections))
-        windows = spread(in_flight, connections) if not oneway else [0] * connections
+        if client == "rmqtwist":  # one RemotingClient: one process, one pooled connection
+            connections, procs, windows = 1, 1, [in_flight]
+        else:
+            procs = max(1, min(args.client_procs, connections))
+            windows = spread(in_flight, connections) if not oneway else [0] * connections
         per_proc = [windows[i::procs] for i in range(procs)]
         ctx = multiprocessing.get_context("fork")
         workers = []
@@ -956,6 +1204,8 @@ class Bench:
                     ext_fields=args.ext_fields,
                     drain_timeout=args.drain_timeout,
                     cpus=self.client_cpus,
+                    client=client,
+                    profile=args.client_profile,
                 )
                 parent_end, child_end = ctx.Pipe()
                 proc = ctx.Process(
@@ -977,10 +1227,12 @@ class Bench:
                 pipe.send(("go", window_start, window_end))
             _sleep_until(window_start)
             cpu0 = cpu_seconds(self.server_pid)
+            cpu0_at = time.monotonic()
             at_start, t_start = read_stats() if oneway else (None, 0.0)
             _sleep_until(window_end)
             at_end, t_end = read_stats() if oneway else (None, 0.0)
             cpu1 = cpu_seconds(self.server_pid)
+            server_window = time.monotonic() - cpu0_at
             results = []
             for proc, pipe in workers:
                 message = _receive(pipe, proc, args.drain_timeout + 30)
@@ -1012,12 +1264,18 @@ class Bench:
             body_size=args.body_size,
             duration_s=duration,
             client_procs=procs,
+            client=client,
             python_loop_ns=speed,
         )
         client_cpu = sum(r["cpu_s"] for r in results)
-        result.client_cpu_pct = round(100 * client_cpu / duration, 1)
+        # The rmqtwist client measures its own window (between two timed calls of its
+        # reactor); the raw clients' windows are the planned one.
+        client_window = max((r.get("window_s") or duration) for r in results)
+        result.client_cpu_pct = round(100 * client_cpu / client_window, 1)
+        server_cpu: float | None = None
         if cpu0 is not None and cpu1 is not None:
-            result.server_cpu_pct = round(100 * (cpu1 - cpu0) / duration, 1)
+            server_cpu = cpu1 - cpu0
+            result.server_cpu_pct = round(100 * server_cpu / server_window, 1)
         if oneway:
             sent = sum(r["sent"] for r in results)
             result.extra["sent_per_s"] = round(sum(r["sent_in_window"] for r in results) / duration)
@@ -1028,6 +1286,13 @@ class Bench:
                 window = t_end - t_start
                 result.duration_s = round(window, 3)
                 result.requests_per_s = received / window
+                sent_in_window = sum(r["sent_in_window"] for r in results)
+                if sent_in_window:
+                    result.client_us_per_req = 1e6 * client_cpu / sent_in_window
+                if server_cpu is not None and received > 0:
+                    # requests in the server's CPU window, at the rate of the stats window
+                    rate = received / window
+                    result.server_us_per_req = 1e6 * server_cpu / (rate * server_window)
             elif not errors:
                 result.extra["note"] = "the server does not report requestsReceived (code 28)"
             if before and after:
@@ -1055,12 +1320,23 @@ class Bench:
                         sent - total
                     )
             completed = sum(r["completed"] for r in results)
-            result.requests_per_s = completed / duration
+            result.requests_per_s = completed / client_window
+            if completed:
+                result.client_us_per_req = 1e6 * client_cpu / completed
+                if server_cpu is not None:
+                    # requests in the server's window, at the rate the client measured
+                    result.server_us_per_req = (
+                        1e6 * server_cpu / (result.requests_per_s * server_window)
+                    )
             result.samples = len(latencies)
             if latencies:
                 result.p50_us = percentile(latencies, 0.50) / 1000
                 result.p99_us = percentile(latencies, 0.99) / 1000
                 result.p999_us = percentile(latencies, 0.999) / 1000
+        if result.client_us_per_req is not None and result.server_us_per_req:
+            result.cpu_ratio = result.client_us_per_req / result.server_us_per_req
+        if client == "rmqtwist":
+            result.extra["pool"] = results[0].get("pool")
         result.errors = dict(errors)
         if target is not None:
             _judge(result, *target)
@@ -1234,9 +1510,15 @@ def _one_request_each(
 
 
 def _judge(result: Result, kind: str, target: float) -> None:
-    """Fill target / measured / verdict. ``kind``: rps, p50, oneway or kib."""
+    """Fill target / measured / verdict. ``kind``: rps, p50, oneway, kib or cpu (client
+    CPU per request over the server's, at most ``target``)."""
     ok: bool | None
-    if kind in ("rps", "oneway"):
+    if kind == "cpu":
+        ratio = result.cpu_ratio
+        result.target = f"cli/srv cpu <= {target:g}"
+        result.measured = "n/a" if ratio is None else f"{ratio:.2f}"
+        ok = None if ratio is None else ratio <= target
+    elif kind in ("rps", "oneway"):
         value = result.requests_per_s
         result.target = f">= {target:,.0f}/s"
         result.measured = "n/a" if value is None else f"{value:,.0f}/s"
@@ -1316,6 +1598,7 @@ def _fmt(value: float | None, spec: str = ",.0f") -> str:
 def print_table(results: list[Result]) -> None:
     columns = [
         ("scenario", 24, "<"),
+        ("client", 8, "<"),
         ("type", 9, "<"),
         ("conns", 6, ">"),
         ("in-fl", 6, ">"),
@@ -1338,6 +1621,7 @@ def print_table(results: list[Result]) -> None:
     for r in results:
         cells = [
             r.scenario,
+            r.client if r.in_flight is not None or "oneway" in r.scenario else "-",
             r.serialize_type,
             str(r.connections),
             "-" if r.in_flight is None else str(r.in_flight),
@@ -1379,22 +1663,89 @@ def print_table(results: list[Result]) -> None:
         if server_bound:
             notes.append("server-bound (its one core is busy)")
         if client_bound:
-            notes.append("client-bound: add --client-procs")
+            notes.append(
+                "client-bound: add --client-procs"
+                if r.client == "raw"
+                else "client-bound (the client's one core is busy)"
+            )
         saturating = r.in_flight is None or r.in_flight >= 8
+        both_pct = (r.server_cpu_pct or 0) + (r.client_cpu_pct or 0)
         if (
             saturating
             and r.connections < 1000
             and r.server_cpu_pct is not None
             and not (server_bound or client_bound)
         ):
-            notes.append(
-                "neither side had a whole CPU: the machine was busy elsewhere (a noisy "
-                "host?), so this row reads low; rerun"
-            )
+            if r.client == "rmqtwist" and r.in_flight and 85 <= both_pct <= 115:
+                notes.append(
+                    "one connection in lock-step: the client and the server take turns "
+                    "with each batch of requests (together about one CPU); compare the "
+                    "CPU per request"
+                )
+            else:
+                notes.append(
+                    "neither side had a whole CPU: the machine was busy elsewhere (a noisy "
+                    "host?), so this row reads low; rerun"
+                )
         if "note" in r.extra:
             notes.append(r.extra["note"])
         if notes:
             print(f"  {r.scenario} ({r.serialize_type}): " + "; ".join(notes))
+    print_cpu_table([r for r in results if r.client_us_per_req is not None])
+
+
+def print_cpu_table(results: list[Result]) -> None:
+    """CPU time per request of the client side and of the server side, same window."""
+    if not results:
+        return
+    columns = [
+        ("scenario", 24, "<"),
+        ("client", 8, "<"),
+        ("type", 9, "<"),
+        ("in-fl", 6, ">"),
+        ("req/s", 9, ">"),
+        ("p50 us", 8, ">"),
+        ("p99 us", 8, ">"),
+        ("cli us/req", 11, ">"),
+        ("srv us/req", 11, ">"),
+        ("cli/srv", 8, ">"),
+        ("cli cpu", 8, ">"),
+        ("srv cpu", 8, ">"),
+        ("cli <= srv", 11, ">"),
+    ]
+    header = " ".join(f"{name:{align}{width}}" for name, width, align in columns)
+    print("\nCPU time per request (client process(es) and server, same measured window):")
+    print(header)
+    print("-" * len(header))
+    for r in results:
+        if r.client != "rmqtwist":
+            verdict = "-"  # the raw clients are a reference, not the client under test
+        elif r.cpu_ratio is None:
+            verdict = "n/a"
+        elif r.error_count:
+            verdict = "ERRORS"
+        else:
+            verdict = "yes" if r.cpu_ratio <= 1 else "NO"
+        cells = [
+            r.scenario,
+            r.client,
+            r.serialize_type,
+            "-" if r.in_flight is None else str(r.in_flight),
+            _fmt(r.requests_per_s),
+            _fmt(r.p50_us),
+            _fmt(r.p99_us),
+            _fmt(r.client_us_per_req, ",.1f"),
+            _fmt(r.server_us_per_req, ",.1f"),
+            _fmt(r.cpu_ratio, ".2f"),
+            "-" if r.client_cpu_pct is None else f"{r.client_cpu_pct:.0f}%",
+            "-" if r.server_cpu_pct is None else f"{r.server_cpu_pct:.0f}%",
+            verdict,
+        ]
+        print(
+            " ".join(
+                f"{c:{align}{width}}" for c, (_, width, align) in zip(cells, columns, strict=True)
+            )
+        )
 
 
 # ---------------------------------------------------------------------------
@@ -1409,13 +1760,33 @@ def _parser() -> argparse.ArgumentParser:
     )
     add = parser.add_argument
     add("--suite", action="store_true", help="run the issue's standard scenarios")
-    add("--connections", type=int, default=4, help="client connections (default 4)")
+    add(
+        "--connections",
+        type=int,
+        help="client connections (default 4; with --client rmqtwist always 1: the pool "
+        "keeps one connection per address)",
+    )
     add("--in-flight", type=int, default=64, help="outstanding requests in all (default 64)")
     add("--body-size", type=int, default=128, help="request body bytes (default 128)")
     add("--ext-fields", type=int, default=0, help="ext_fields entries per request (default 0)")
     add("--duration", type=float, default=5.0, help="measured seconds (default 5)")
     add("--warmup", type=float, default=1.0, help="unmeasured seconds first (default 1)")
     add("--oneway", action="store_true", help="send oneway requests; count those received")
+    add(
+        "--client",
+        choices=("raw", "rmqtwist"),
+        default="raw",
+        help="load generator: raw (default): lean epoll clients on raw sockets; rmqtwist: "
+        "one process running rmqtwist's RemotingClient on the epoll reactor, with its CPU "
+        "per request next to the server's (with --suite: the client suite)",
+    )
+    add(
+        "--client-profile",
+        metavar="FILE",
+        help="with --client rmqtwist (not --suite): cProfile the client process over the "
+        "measured window, write its stats to FILE and print the top functions (slows "
+        "the client down: its CPU numbers then mean nothing)",
+    )
     add(
         "--serialize-type",
         choices=("json", "rocketmq"),
@@ -1475,7 +1846,26 @@ def run(args: argparse.Namespace, log_dir: Path) -> list[Result]:
     results: list[Result] = []
     stype = SerializeType[args.serialize_type.upper()]
     try:
-        if args.suite:
+        if args.suite and args.client == "rmqtwist":
+            bench.start_server()
+            for name, in_flight, oneway in (
+                ("64 in flight", 64, False),
+                ("1 in flight", 1, False),
+                ("oneway, received", 0, True),
+            ):
+                for t in (SerializeType.JSON, SerializeType.ROCKETMQ):
+                    results.append(
+                        bench.load(
+                            name,
+                            connections=1,
+                            in_flight=in_flight,
+                            oneway=oneway,
+                            serialize_type=t,
+                            target=("cpu", 1.0),
+                            client="rmqtwist",
+                        )
+                    )
+        elif args.suite:
             # (scenario, connections, in flight, oneway, target), each in both formats
             scenarios = (
                 ("64 in flight", args.connections, 64, False, ("rps", TARGET_RPS)),
@@ -1520,6 +1910,8 @@ def run(args: argparse.Namespace, log_dir: Path) -> list[Result]:
                 target = ("p50", TARGET_P50_US)
             if args.body_size != 128:
                 target = None  # the issue's targets are for 128-byte bodies
+            if args.client == "rmqtwist":
+                target = ("cpu", 1.0)  # the issue: client CPU/request <= server's
             results.append(
                 bench.load(
                     "oneway, received" if oneway else f"{args.in_flight} in flight",
@@ -1528,6 +1920,7 @@ def run(args: argparse.Namespace, log_dir: Path) -> list[Result]:
                     oneway=oneway,
                     serialize_type=stype,
                     target=target,
+                    client=args.client,
                 )
             )
     finally:
@@ -1536,6 +1929,19 @@ def run(args: argparse.Namespace, log_dir: Path) -> list[Result]:
 
 
 def _check(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    if args.client == "rmqtwist":
+        if args.connections not in (None, 1):
+            parser.error("--client rmqtwist uses one connection (one per address)")
+        if args.client_procs != 1:
+            parser.error("--client rmqtwist runs one client process")
+        if args.idle_connections and not args.suite:
+            parser.error("--idle-connections measures the server only: use --client raw")
+    elif args.client_profile:
+        parser.error("--client-profile needs --client rmqtwist")
+    if args.client_profile and args.suite:
+        parser.error("--client-profile profiles one run: not with --suite")
+    if args.connections is None:
+        args.connections = 1 if args.client == "rmqtwist" else 4
     if args.connections < 1 or args.client_procs < 1:
         parser.error("--connections and --client-procs must be at least 1")
     if not args.oneway and not args.suite and not args.in_flight >= 1:
@@ -1582,8 +1988,8 @@ def main() -> int:
         f"{machine['python']}, Twisted {machine['twisted']}, {machine['cpus']} x "
         f"{machine['cpu']} (Python loop {machine['python_loop_ns']} ns/iteration before, "
         f"{machine['python_loop_ns_after']} after); loads: {args.duration:g} s measured "
-        f"after {args.warmup:g} s warm-up, {args.client_procs} client process(es), CPUs "
-        f"pinned: {args.pin}; {elapsed:.0f} s in all"
+        f"after {args.warmup:g} s warm-up, {args.client_procs} {args.client} client "
+        f"process(es), CPUs pinned: {args.pin}; {elapsed:.0f} s in all"
     )
     print_table(results)
     document = {
@@ -1597,7 +2003,9 @@ def main() -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(document, indent=2) + "\n")
     if args.server_profile and not args.server_cmd and not args.connect:
-        _print_profile(Path(args.server_profile))
+        _print_profile(Path(args.server_profile), "server")
+    if args.client_profile:
+        _print_profile(Path(args.client_profile), "client")
     return 1 if any(r.error_count for r in results) else 0
 
 
@@ -1606,17 +2014,22 @@ def _as_json(result: Result) -> dict[str, Any]:
     for key in ("requests_per_s", "p50_us", "p99_us", "p999_us"):
         if data[key] is not None:
             data[key] = round(data[key], 1)
+    for key in ("client_us_per_req", "server_us_per_req", "cpu_ratio"):
+        if data[key] is not None:
+            data[key] = round(data[key], 3)
     return data
 
 
-def _print_profile(path: Path) -> None:
+def _print_profile(path: Path, whose: str) -> None:
     import pstats
 
     if not path.exists():
         print(f"no profile written to {path}", file=sys.stderr)
         return
-    print(f"\nserver profile ({path}), top 25 by own time:")
+    print(f"\n{whose} profile ({path}), top 25 by own time:")
     pstats.Stats(str(path)).sort_stats("tottime").print_stats(25)
+    print(f"{whose} profile ({path}), top 25 by cumulative time:")
+    pstats.Stats(str(path)).sort_stats("cumulative").print_stats(25)
 
 
 if __name__ == "__main__":

@@ -498,6 +498,104 @@ def test_timeout_fails_removes_the_entry_and_releases_the_permit() -> None:
     assert s.dispatcher.late_responses == 1
 
 
+def test_mixed_timeouts_expire_each_at_its_own_deadline() -> None:
+    # One timer per connection, set for the earliest deadline: a later call with an
+    # earlier deadline moves it forward, and each call expires exactly on time.
+    s = side()
+    order: list[float] = []
+    for timeout in (5.0, 1.0, 3.0, 0.5, 3.0):
+        d = s.protocol.invoke(request(), timeout=timeout)
+        d.addErrback(lambda f, t=timeout: order.append(t) if f.check(RemotingTimeoutError) else f)
+    assert len(s.clock.getDelayedCalls()) == 1
+    s.clock.advance(0.4999)
+    assert order == []
+    s.clock.advance(0.0001)
+    assert order == [0.5]
+    s.clock.advance(0.5)
+    assert order == [0.5, 1.0]
+    s.clock.advance(2.0)
+    assert order == [0.5, 1.0, 3.0, 3.0]
+    s.clock.advance(1.9999)
+    assert order == [0.5, 1.0, 3.0, 3.0]
+    s.clock.advance(0.0001)
+    assert order == [0.5, 1.0, 3.0, 3.0, 5.0]
+    assert s.protocol.pending_count == 0
+    assert s.clock.getDelayedCalls() == []
+    assert s.dispatcher.calls_failed == 5
+    assert_budgets_full(s.dispatcher)
+
+
+def test_answered_calls_never_expire_and_leave_no_timer() -> None:
+    s = side()
+    first = s.protocol.invoke(request(), timeout=1.0)
+    second = s.protocol.invoke(request(), timeout=2.0)
+    sent = s.sent()
+    s.feed(response_to(sent[0]))
+    assert result_of(first).opaque == sent[0].opaque
+    s.clock.advance(1.0)  # the timer, set for the first call, finds it answered
+    assert not second.called
+    assert len(s.clock.getDelayedCalls()) == 1  # re-armed for the second
+    s.feed(response_to(sent[1]))
+    assert result_of(second).opaque == sent[1].opaque
+    assert s.clock.getDelayedCalls() == []  # nothing pending: no timer either
+    s.clock.advance(10)
+    assert s.dispatcher.calls_failed == 0
+
+
+def test_the_deadline_heap_stays_bounded_under_steady_load() -> None:
+    # 64 calls always in flight, 10,000 answered: answered entries are compacted away,
+    # and none of the live ones is lost or expired early.
+    s = side()
+    in_flight = [s.protocol.invoke(request(), timeout=3.0) for _ in range(64)]
+    sent = s.sent()
+    answered = 0
+    most = 0
+    for _ in range(10_000):
+        in_flight.append(s.protocol.invoke(request(), timeout=3.0))
+        sent += s.sent()
+        s.feed(response_to(sent.pop(0)))  # answer the oldest
+        assert result_of(in_flight.pop(0)).is_response
+        answered += 1
+        most = max(most, len(s.protocol._deadlines))
+        s.clock.advance(0.0001)  # one second in all: no deadline is reached
+    assert answered == 10_000
+    assert s.protocol.pending_count == 64
+    assert most <= 2 * 64 + 64 + 1
+    assert s.dispatcher.calls_failed == 0
+    s.clock.advance(3.0)
+    assert s.dispatcher.calls_failed == 64
+    assert s.protocol.pending_count == 0 and s.protocol._deadlines == []
+    assert_budgets_full(s.dispatcher)
+    for d in in_flight:
+        failure_of(d, RemotingTimeoutError)
+
+
+def test_failed_calls_are_counted_once_and_cancels_are_not() -> None:
+    s = side(async_permits=1, oneway_permits=1)
+    timed_out = s.protocol.invoke(request(), timeout=1.0)
+    no_permit = s.protocol.invoke(request(), timeout=0.5)
+    s.clock.advance(0.5)
+    failure_of(no_permit, TooManyRequestsError)
+    s.clock.advance(0.5)
+    failure_of(timed_out, RemotingTimeoutError)
+    cancelled = s.protocol.invoke(request())
+    cancelled.cancel()
+    failure_of(cancelled, CancelledError)
+    bad = s.protocol.invoke(request(200050, serialize_type=SerializeType.ROCKETMQ))
+    failure_of(bad, EncodeError)
+    failure_of(
+        s.protocol.invoke_oneway(request(200050, serialize_type=SerializeType.ROCKETMQ)),
+        EncodeError,
+    )
+    lost = [s.protocol.invoke(request())]
+    s.lose()
+    failure_of(lost[0], ConnectionLostError)
+    failure_of(s.protocol.invoke(request()), ConnectionLostError)
+    failure_of(s.protocol.invoke_oneway(request()), ConnectionLostError)
+    assert s.dispatcher.calls_failed == 7
+    assert_budgets_full(s.dispatcher)
+
+
 def test_close_on_timeout_closes_the_connection(logged: list[Event]) -> None:
     s = side(close_on_timeout=True)
     timing_out = s.protocol.invoke(request(), timeout=1.0)

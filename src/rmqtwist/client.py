@@ -42,7 +42,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.abstract import isIPAddress, isIPv6Address
-from twisted.internet.defer import CancelledError, Deferred, DeferredList, fail, succeed
+from twisted.internet.defer import Deferred, DeferredList, fail, succeed
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Factory, connectionDone
@@ -524,7 +524,7 @@ class _Call:
                     client._record_error(address)
             else:
                 client._record_success(address, client.clock.seconds() - self.sent_at)
-        self._finish(result)
+        self._finish(result, counted=True)
 
     # -- ending -----------------------------------------------------------------------
 
@@ -533,13 +533,15 @@ class _Call:
         if timer is not None and timer.active():
             timer.cancel()
 
-    def _finish(self, result: object) -> None:
+    def _finish(self, result: object, counted: bool = False) -> None:
+        # ``counted``: the result came from the connection, which counted a failure.
         self._stop_timer()
         self.client._calls.discard(self)
         if self.result.called:
             return
         if isinstance(result, Failure | Exception):
-            self.client._errors += 1
+            if not counted:
+                self.client._errors += 1
             self.result.errback(result)
         else:
             self.result.callback(result)
@@ -658,7 +660,7 @@ class RemotingClient:
             connection = self._connections.get(address)
             if connection is not None and connection.is_writable:
                 self._requests += 1
-                return connection.invoke(request, timeout).addErrback(self._count_error)
+                return connection.invoke(request, timeout)
             parse_address(address)  # a bad address is refused before it is counted
         self._requests += 1
         return self._slow_call(address, request, timeout, oneway=False)
@@ -676,15 +678,10 @@ class RemotingClient:
             connection = self._connections.get(address)
             if connection is not None and connection.is_writable:
                 self._requests += 1
-                return connection.invoke_oneway(request, timeout).addErrback(self._count_error)
+                return connection.invoke_oneway(request, timeout)
             parse_address(address)  # a bad address is refused before it is counted
         self._requests += 1
         return self._slow_call(address, request, timeout, oneway=True)
-
-    def _count_error(self, failure: Failure) -> Failure:
-        if not isinstance(failure.value, CancelledError):
-            self._errors += 1
-        return failure
 
     def _slow_call(
         self, address: str | None, request: RemotingCommand, timeout: float, oneway: bool
@@ -990,7 +987,7 @@ class RemotingClient:
             closed=self._closed_count,
             failed_connects=self._failed_connects,
             requests=self._requests,
-            errors=self._errors,
+            errors=self._errors + self.dispatcher.calls_failed,
             in_flight=sum(c.pending_count for c in connections),
             max_connections=self.config.max_connections,
         )

@@ -104,6 +104,8 @@ class Dispatcher:
         self.requests_unsupported = 0
         self.processor_errors = 0
         self.requests_sent = 0
+        #: Calls of ours that failed (timed out, lost, refused by a hook...; not cancelled).
+        self.calls_failed = 0
         self.late_responses = 0
 
     # -- registration -----------------------------------------------------------------

@@ -20,9 +20,10 @@ from __future__ import annotations
 import contextlib
 import itertools
 from collections.abc import Callable
+from heapq import heapify, heappop, heappush
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
@@ -112,19 +113,21 @@ def _addressed(response: RemotingCommand, request: RemotingCommand) -> RemotingC
 
 
 class _Pending:
-    __slots__ = ("deferred", "permit", "request", "timer")
+    __slots__ = ("deadline", "deferred", "permit", "request", "timeout")
 
     def __init__(
         self,
         request: RemotingCommand,
         deferred: Deferred[RemotingCommand],
         permit: Permit,
-        timer: IDelayedCall,
+        deadline: float,
+        timeout: float,
     ) -> None:
         self.request = request
         self.deferred = deferred
         self.permit = permit
-        self.timer = timer
+        self.deadline = deadline
+        self.timeout = timeout
 
 
 @implementer(IChannel, IPushProducer)
@@ -147,6 +150,13 @@ class RemotingProtocol(LengthPrefixed, TimeoutMixin):
         #: Bumped by every read and write: a pool's idle sweep compares it between sweeps.
         self.activity = 0
         self._pending: dict[int, _Pending] = {}
+        # Deadlines of pending requests: a heap of (deadline, sequence, opaque, entry) and
+        # one timer for the earliest. An answered entry stays in the heap until it is
+        # popped or the heap is compacted (cheaper than a timer per request).
+        self._deadlines: list[tuple[float, int, int, _Pending]] = []
+        self._deadline_sequence = 0
+        self._deadline_timer: IDelayedCall | None = None
+        self._deadline_at = 0.0
         self._writable_waiters: list[Deferred[None]] = []
         # calls of ours still waiting for a permit, failed at once if the connection goes
         self._waiting: dict[Deferred[Permit], Permits] = {}
@@ -210,9 +220,9 @@ class RemotingProtocol(LengthPrefixed, TimeoutMixin):
         for waiter, permits in waiting.items():
             permits._withdraw(waiter, error(f"while waiting for a {permits.name} permit"))
         pending, self._pending = self._pending, {}
+        self._clear_deadlines()
+        self.dispatcher.calls_failed += len(pending)
         for entry in pending.values():
-            if entry.timer.active():
-                entry.timer.cancel()
             entry.permit.release()
             entry.deferred.errback(
                 error(
@@ -347,6 +357,8 @@ class RemotingProtocol(LengthPrefixed, TimeoutMixin):
 
             def forget(result: object) -> object:
                 self._waiting.pop(waiter, None)
+                if isinstance(result, Failure) and not isinstance(result.value, CancelledError):
+                    self.dispatcher.calls_failed += 1
                 return result
 
             waiter.addBoth(forget)
@@ -365,6 +377,7 @@ class RemotingProtocol(LengthPrefixed, TimeoutMixin):
         """
         _check_timeout(timeout)
         if not self.is_connected or self.is_closing:
+            self.dispatcher.calls_failed += 1
             return fail(self._not_open())
         permit = self.dispatcher.async_permits.try_acquire()
         if permit is not None:
@@ -376,6 +389,7 @@ class RemotingProtocol(LengthPrefixed, TimeoutMixin):
             left = timeout - (self.dispatcher.clock.seconds() - started)
             if not self.is_connected or self.is_closing:
                 permit.release()
+                self.dispatcher.calls_failed += 1
                 return fail(self._not_open())
             return self._send_request(request, max(left, 0.0), permit)
 
@@ -398,27 +412,82 @@ class RemotingProtocol(LengthPrefixed, TimeoutMixin):
             frame = encode_frame(request)
         except Exception as e:
             permit.release()
+            dispatcher.calls_failed += 1
             return fail(e)
 
         def cancel(_: Deferred[RemotingCommand]) -> None:
             entry = self._pending.pop(opaque, None)
             if entry is not None:
-                if entry.timer.active():
-                    entry.timer.cancel()
                 entry.permit.release()
+                self._forget_deadline()
 
         deferred: Deferred[RemotingCommand] = Deferred(cancel)
-        timer = dispatcher.clock.callLater(timeout, self._timed_out, opaque, timeout)
-        self._pending[opaque] = _Pending(request, deferred, permit, timer)  # before the write
+        now = dispatcher.clock.seconds()
+        deadline = now + timeout
+        entry = self._pending[opaque] = _Pending(request, deferred, permit, deadline, timeout)
+        self._deadline_sequence = sequence = self._deadline_sequence + 1
+        heappush(self._deadlines, (deadline, sequence, opaque, entry))
+        if self._deadline_timer is None or deadline < self._deadline_at:
+            self._arm_deadline_timer(deadline, now)
         dispatcher.requests_sent += 1
         try:
-            self.write_frame(frame)
+            self.write_frame(frame)  # the entry is registered before the write
         except Exception as e:
             if self._pending.pop(opaque, None) is not None:
-                timer.cancel()
                 permit.release()
+                self._forget_deadline()
+                dispatcher.calls_failed += 1
                 deferred.errback(self._send_failed(request, e))
         return deferred
+
+    # -- deadlines of pending requests: one timer per connection -------------------------
+
+    def _arm_deadline_timer(self, deadline: float, now: float) -> None:
+        timer = self._deadline_timer
+        if timer is not None and timer.active():
+            timer.cancel()
+        self._deadline_at = deadline
+        self._deadline_timer = self.dispatcher.clock.callLater(
+            max(deadline - now, 0.0), self._deadlines_due
+        )
+
+    def _clear_deadlines(self) -> None:
+        timer, self._deadline_timer = self._deadline_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+        self._deadlines.clear()
+
+    def _forget_deadline(self) -> None:
+        # An entry left the pending table early (answered, cancelled, unsendable).
+        pending = self._pending
+        if not pending:
+            self._clear_deadlines()  # nothing to time: no timer left behind
+            return
+        heap = self._deadlines
+        if len(heap) > 2 * len(pending) + 64:  # compact: amortised O(1) per request
+            heap[:] = [item for item in heap if pending.get(item[2]) is item[3]]
+            heapify(heap)
+
+    def _deadlines_due(self) -> None:
+        self._deadline_timer = None
+        clock = self.dispatcher.clock
+        # The timer stands for the deadline it was set for, even if float rounding
+        # makes it run a hair early.
+        limit = max(clock.seconds(), self._deadline_at)
+        heap = self._deadlines
+        pending = self._pending
+        expired: list[tuple[int, _Pending]] = []
+        while heap and heap[0][0] <= limit:
+            _, _, opaque, entry = heappop(heap)
+            if pending.get(opaque) is entry:
+                del pending[opaque]
+                expired.append((opaque, entry))
+        while heap and pending.get(heap[0][2]) is not heap[0][3]:
+            heappop(heap)  # answered long ago
+        if heap:
+            self._arm_deadline_timer(heap[0][0], clock.seconds())
+        for opaque, entry in expired:
+            self._timed_out(opaque, entry)
 
     def _not_open(self) -> ConnectionLostError:
         state = "closing" if self.is_connected else "not connected"
@@ -432,19 +501,17 @@ class RemotingProtocol(LengthPrefixed, TimeoutMixin):
         failed.__cause__ = error
         return failed
 
-    def _timed_out(self, opaque: int, timeout: float) -> None:
-        entry = self._pending.pop(opaque, None)
-        if entry is None:
-            return
+    def _timed_out(self, opaque: int, entry: _Pending) -> None:
         entry.permit.release()
         request = entry.request
+        self.dispatcher.calls_failed += 1
         entry.deferred.errback(
             RemotingTimeoutError(
                 f"no response from {self.remote_address} to {code_name(request.code)} "
-                f"(opaque {opaque}) within {timeout:g} s"
+                f"(opaque {opaque}) within {entry.timeout:g} s"
             )
         )
-        if self.dispatcher.close_on_timeout:
+        if self.dispatcher.close_on_timeout and not self.is_closing:
             _log.info("Closing {peer} after a request timed out", peer=self.remote_address)
             self.close()
 
@@ -459,14 +526,17 @@ class RemotingProtocol(LengthPrefixed, TimeoutMixin):
                 response=response,
             )
             return
-        if entry.timer.active():
-            entry.timer.cancel()
         entry.permit.release()
+        if not self._pending:
+            self._clear_deadlines()
+        elif len(self._deadlines) > 2 * len(self._pending) + 64:
+            self._forget_deadline()
         dispatcher = self.dispatcher
         if dispatcher.hooks:
             try:
                 response = dispatcher.after_response(self.remote_address, entry.request, response)
             except Exception as e:
+                dispatcher.calls_failed += 1
                 entry.deferred.errback(e)
                 return
         entry.deferred.callback(response)
@@ -479,46 +549,65 @@ class RemotingProtocol(LengthPrefixed, TimeoutMixin):
         """
         _check_timeout(timeout)
         if not self.is_connected or self.is_closing:
+            self.dispatcher.calls_failed += 1
             return fail(self._not_open())
-
-        def send(permit: Permit) -> None:
+        permits = self.dispatcher.oneway_permits
+        if permits.in_use < permits.limit and not permits._waiters:
+            # A permit is free: the write is synchronous, so one is only taken if it
+            # has to be held past the write (see _send_oneway).
             try:
-                if not self.is_connected or self.is_closing:
-                    raise self._not_open()
-                command = request
-                if self.dispatcher.hooks:
-                    command = self.dispatcher.before_request(self.remote_address, command)
-                command = _stamped(
-                    command,
-                    self._allocate_opaque(),
-                    (command.flag | FLAG_ONEWAY) & ~FLAG_RESPONSE,
-                    self.dispatcher.serialize_type,
-                )
-                frame = encode_frame(command)
-            except BaseException:
-                permit.release()
-                raise
+                self._send_oneway(request, None)
+            except Exception as e:
+                self.dispatcher.calls_failed += 1
+                return fail(e)
+            return succeed(None)
+        return self._wait_for_permit(permits, timeout).addCallback(
+            self._send_oneway_counted, request
+        )
+
+    def _send_oneway_counted(self, permit: Permit, request: RemotingCommand) -> None:
+        try:
+            self._send_oneway(request, permit)
+        except Exception:
+            self.dispatcher.calls_failed += 1
+            raise
+
+    def _send_oneway(self, request: RemotingCommand, permit: Permit | None) -> None:
+        """Write ``request`` as oneway; ``permit`` is the one waited for, or None when one
+        was free and is taken only if the write leaves the buffer past high water."""
+        try:
+            if not self.is_connected or self.is_closing:
+                raise self._not_open()
+            dispatcher = self.dispatcher
+            command = request
+            if dispatcher.hooks:
+                command = dispatcher.before_request(self.remote_address, command)
+            command = _stamped(
+                command,
+                self._allocate_opaque(),
+                (command.flag | FLAG_ONEWAY) & ~FLAG_RESPONSE,
+                dispatcher.serialize_type,
+            )
+            frame = encode_frame(command)
             try:
                 self.write_frame(frame)
             except Exception as e:
-                permit.release()
                 raise self._send_failed(command, e) from e
-            self.dispatcher.requests_sent += 1
-            if self.is_writable:
+        except BaseException:
+            if permit is not None:
                 permit.release()
-            else:
-                # The write buffer is past its high-water mark: like Java, which frees the
-                # permit when the write completes, hold it until the buffer drains.
-                self._held_permits.append(permit)
-
-        permit = self.dispatcher.oneway_permits.try_acquire()
+            raise
+        dispatcher.requests_sent += 1
+        if self.is_writable:
+            if permit is not None:
+                permit.release()
+            return
+        # The write buffer is past its high-water mark: like Java, which frees the permit
+        # when the write completes, hold one until the buffer drains.
+        if permit is None:
+            permit = dispatcher.oneway_permits.try_acquire()
         if permit is not None:
-            try:
-                send(permit)
-            except Exception as e:
-                return fail(e)
-            return succeed(None)
-        return self._wait_for_permit(self.dispatcher.oneway_permits, timeout).addCallback(send)
+            self._held_permits.append(permit)
 
     # -- requests we answer -----------------------------------------------------------
 

@@ -368,7 +368,11 @@ def test_time_spent_connecting_is_taken_from_the_response_wait() -> None:
     assert results == []
     net.advance_to(1.0)
     error = error_of(results, RemotingTimeoutError)
-    assert "(opaque 1) within 0.5 s" in str(error)
+    assert str(error) == (
+        f"no response from {ADDRESS} to SEND_MESSAGE within the call's 1 s deadline "
+        "(0.5 s of it spent connecting)"
+    )
+    assert "(opaque 1) within 0.5 s" in str(error.__cause__)
     assert conn.protocol.pending_count == 0
 
 

@@ -51,7 +51,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from rmqtwist.codec import DEFAULT_MAX_FRAME_LENGTH
-from rmqtwist.codes import SerializeType
+from rmqtwist.codes import SerializeType, code_name
 from rmqtwist.command import RemotingCommand
 from rmqtwist.dispatcher import Dispatcher
 from rmqtwist.errors import (
@@ -351,6 +351,7 @@ class _Call:
         "result",
         "sent_at",
         "stage",
+        "started",
         "timeout",
         "timer",
     )
@@ -367,7 +368,8 @@ class _Call:
         self.request = request
         self.oneway = oneway
         self.timeout = timeout
-        self.deadline = client.clock.seconds() + timeout
+        self.started = client.clock.seconds()
+        self.deadline = self.started + timeout
         self.result: Deferred[Any] = Deferred(self._cancelled)
         self.stage: Deferred[Any] | None = None
         self.timer: IDelayedCall | None = None
@@ -446,7 +448,7 @@ class _Call:
         stage, self.stage = self.stage, None
         if stage is not None:
             stage.cancel()  # leaves the shared attempt; it goes on for the pool
-        waited = self.client.clock.seconds() - (self.deadline - self.timeout)
+        waited = self.client.clock.seconds() - self.started
         if self.candidates:
             self.client._record_error(address)
             self.errors.append(f"{address}: still connecting after {waited:.3g} s")
@@ -517,6 +519,16 @@ class _Call:
         self._done(result, address)
 
     def _done(self, result: object, address: str) -> None:
+        spent = self.sent_at - self.started
+        if isinstance(result, Failure) and type(result.value) is RemotingTimeoutError and spent:
+            # The connection was given what was left of the deadline: say what the
+            # caller asked for instead.
+            error = RemotingTimeoutError(
+                f"no response from {address} to {code_name(self.request.code)} within the "
+                f"call's {self.timeout:g} s deadline ({spent:.3g} s of it spent connecting)"
+            )
+            error.__cause__ = result.value
+            result = Failure(error)  # type: ignore[no-untyped-call]
         if self.name_server:
             client = self.client
             if isinstance(result, Failure):

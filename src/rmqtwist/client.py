@@ -667,13 +667,14 @@ class RemotingClient:
         Deferred forgets the request (a late response is dropped). Raises ValueError at
         once for a malformed address or a negative timeout.
         """
-        _check_timeout(timeout)
         if address is not None:
             connection = self._connections.get(address)
             if connection is not None and connection.is_writable:
+                deferred = connection.invoke(request, timeout)  # ValueError for a bad timeout
                 self._requests += 1
-                return connection.invoke(request, timeout)
+                return deferred
             parse_address(address)  # a bad address is refused before it is counted
+        _check_timeout(timeout)
         self._requests += 1
         return self._slow_call(address, request, timeout, oneway=False)
 
@@ -685,13 +686,16 @@ class RemotingClient:
         ``timeout`` bounds connecting and waiting for a oneway permit. No response
         comes, so nothing tells whether the peer processed it.
         """
-        _check_timeout(timeout)
         if address is not None:
             connection = self._connections.get(address)
             if connection is not None and connection.is_writable:
+                deferred = connection.invoke_oneway(
+                    request, timeout
+                )  # ValueError for a bad timeout
                 self._requests += 1
-                return connection.invoke_oneway(request, timeout)
+                return deferred
             parse_address(address)  # a bad address is refused before it is counted
+        _check_timeout(timeout)
         self._requests += 1
         return self._slow_call(address, request, timeout, oneway=True)
 

@@ -119,7 +119,7 @@ class _Pending:
         self,
         request: RemotingCommand,
         deferred: Deferred[RemotingCommand],
-        permit: Permit,
+        permit: Permit | Permits,  # a budget itself when taken with Permits.take()
         deadline: float,
         timeout: float,
     ) -> None:
@@ -325,14 +325,18 @@ class RemotingProtocol(LengthPrefixed, TimeoutMixin):
 
     def dataReceived(self, data: bytes) -> None:
         self.activity += 1
-        self.resetTimeout()  # type: ignore[no-untyped-call]
+        if self.timeOut is not None:
+            self.resetTimeout()  # type: ignore[no-untyped-call]
         super().dataReceived(data)
 
     def write_frame(self, frame: bytes) -> None:
         """Write one frame; every write (``send_command`` too) resets the idle timer."""
         self.activity += 1
-        self.resetTimeout()  # type: ignore[no-untyped-call]
-        super().write_frame(frame)
+        if self.timeOut is not None:
+            self.resetTimeout()  # type: ignore[no-untyped-call]
+        transport = self.transport
+        assert transport is not None
+        transport.write(frame)
 
     def command_received(self, command: RemotingCommand) -> None:
         if command.flag & FLAG_RESPONSE:
@@ -379,9 +383,9 @@ class RemotingProtocol(LengthPrefixed, TimeoutMixin):
         if not self.is_connected or self.is_closing:
             self.dispatcher.calls_failed += 1
             return fail(self._not_open())
-        permit = self.dispatcher.async_permits.try_acquire()
-        if permit is not None:
-            return self._send_request(request, timeout, permit)
+        permits = self.dispatcher.async_permits
+        if permits.take():  # released once, when the entry leaves the pending table
+            return self._send_request(request, timeout, permits)
         started = self.dispatcher.clock.seconds()
         waiting = self._wait_for_permit(self.dispatcher.async_permits, timeout)
 
@@ -396,13 +400,17 @@ class RemotingProtocol(LengthPrefixed, TimeoutMixin):
         return waiting.addCallback(got_permit)
 
     def _send_request(
-        self, request: RemotingCommand, timeout: float, permit: Permit
+        self, request: RemotingCommand, timeout: float, permit: Permit | Permits
     ) -> Deferred[RemotingCommand]:
         dispatcher = self.dispatcher
         try:
             if dispatcher.hooks:
                 request = dispatcher.before_request(self.remote_address, request)
-            opaque = self._allocate_opaque()
+            opaque = self._next_opaque
+            if opaque < _INT32_MAX and opaque not in self._pending:
+                self._next_opaque = opaque + 1
+            else:
+                opaque = self._allocate_opaque()
             request = _stamped(
                 request,
                 opaque,

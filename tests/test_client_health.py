@@ -12,7 +12,7 @@ about jitter.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from twisted.internet import error as net_error
@@ -40,9 +40,8 @@ from rmqtwist.errors import (
 from rmqtwist.interfaces import IChannelEventListener, IRequestProcessor, IRPCHook
 from rmqtwist.processors import EchoProcessor
 from rmqtwist.protocol import RemotingProtocol
+from tests.test_protocol import failure_of, result_of
 
-T = TypeVar("T")
-E = TypeVar("E", bound=BaseException)
 Behaviour = str | float
 
 A = "10.0.0.1:9876"
@@ -58,28 +57,6 @@ OK = ResponseCode.SUCCESS
 # ---------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------
-
-
-def result_of(d: Deferred[T]) -> T:
-    """The result ``d`` has already fired with (raises if it failed or has not fired)."""
-    results: list[T | Failure] = []
-    d.addBoth(results.append)
-    assert results, f"{d!r} has not fired"
-    result = results[0]
-    if isinstance(result, Failure):
-        result.raiseException()
-    return result
-
-
-def failure_of(d: Deferred[Any], error_type: type[E]) -> E:
-    """The exception ``d`` has already failed with; it must be an ``error_type``."""
-    results: list[object] = []
-    d.addBoth(results.append)
-    assert results, f"{d!r} has not fired"
-    (result,) = results
-    assert isinstance(result, Failure), f"{d!r} succeeded with {result!r}"
-    assert isinstance(result.value, error_type), result
-    return result.value
 
 
 def ping(text: str = "ping") -> RemotingCommand:

@@ -53,7 +53,7 @@ from twisted.python.failure import Failure
 from rmqtwist.codec import DEFAULT_MAX_FRAME_LENGTH
 from rmqtwist.codes import SerializeType, code_name
 from rmqtwist.command import RemotingCommand
-from rmqtwist.dispatcher import Dispatcher
+from rmqtwist.dispatcher import Dispatcher, Registrar
 from rmqtwist.errors import (
     CircuitOpenError,
     ClientClosedError,
@@ -71,7 +71,6 @@ from rmqtwist.protocol import RemotingProtocol, _check_timeout
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
 
-    from rmqtwist.interfaces import IChannelEventListener, IRequestProcessor, IRPCHook
 
 __all__ = [
     "AddressHealth",
@@ -574,10 +573,12 @@ class _Call:
             stage.cancel()  # forgets the pending entry (or leaves the connect attempt)
 
 
-class RemotingClient:
+class RemotingClient(Registrar):
     """A RocketMQ remoting client over a pool of connections (see the module doc).
 
     ``reactor`` defaults to the global one; tests give a ``MemoryReactorClock``.
+    Processors, hooks and listeners registered on it (``register_processor`` and the
+    rest, as on a server) answer the requests servers push to the client.
     ``endpoint_factory(reactor, host, port, timeout)`` makes the endpoint to connect to
     (default :func:`tcp_endpoint`; give one for TLS or UNIX sockets). ``random`` is the
     source of backoff jitter (a callable returning floats in [0, 1)).
@@ -631,28 +632,6 @@ class RemotingClient:
         self._failed_connects = 0
         self._requests = 0
         self._errors = 0
-
-    # -- registration (requests servers push to us) -----------------------------------
-
-    def register_processor(
-        self, code: int, processor: IRequestProcessor, blocking: bool | None = None
-    ) -> None:
-        """Answer requests with ``code`` that a server sends us with ``processor``."""
-        self.dispatcher.register_processor(code, processor, blocking)
-
-    def register_default_processor(
-        self, processor: IRequestProcessor, blocking: bool | None = None
-    ) -> None:
-        """Answer pushed requests no other processor is registered for."""
-        self.dispatcher.register_default_processor(processor, blocking)
-
-    def register_rpc_hook(self, hook: IRPCHook) -> None:
-        """Run ``hook`` around every request we send and every request pushed to us."""
-        self.dispatcher.register_rpc_hook(hook)
-
-    def register_listener(self, listener: IChannelEventListener) -> None:
-        """Tell ``listener`` when a connection opens, closes or fails."""
-        self.dispatcher.register_listener(listener)
 
     # -- calls ------------------------------------------------------------------------
 

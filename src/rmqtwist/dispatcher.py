@@ -25,7 +25,7 @@ from rmqtwist.interfaces import (
 if TYPE_CHECKING:
     from rmqtwist.protocol import RemotingProtocol
 
-__all__ = ["Dispatcher", "RequestContext"]
+__all__ = ["Dispatcher", "Registrar", "RequestContext"]
 
 _log = Logger()
 
@@ -194,6 +194,32 @@ class Dispatcher:
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.stop()
+
+
+class Registrar:
+    """Registration on an object that has a :class:`Dispatcher` (servers and clients)."""
+
+    dispatcher: Dispatcher
+
+    def register_processor(
+        self, code: int, processor: IRequestProcessor, blocking: bool | None = None
+    ) -> None:
+        """Answer requests with ``code`` with ``processor`` (``blocking``: in a thread)."""
+        self.dispatcher.register_processor(code, processor, blocking)
+
+    def register_default_processor(
+        self, processor: IRequestProcessor, blocking: bool | None = None
+    ) -> None:
+        """Answer requests that no code-specific processor takes with ``processor``."""
+        self.dispatcher.register_default_processor(processor, blocking)
+
+    def register_rpc_hook(self, hook: IRPCHook) -> None:
+        """Run ``hook`` around every request sent and received, on every connection."""
+        self.dispatcher.register_rpc_hook(hook)
+
+    def register_listener(self, listener: IChannelEventListener) -> None:
+        """Tell ``listener`` about connects, closes, errors and idle timeouts."""
+        self.dispatcher.register_listener(listener)
 
 
 def _is_blocking(processor: object, blocking: bool | None) -> bool:

@@ -31,14 +31,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from rmqtwist.codec import DEFAULT_MAX_FRAME_LENGTH
-from rmqtwist.dispatcher import Dispatcher
+from rmqtwist.dispatcher import Dispatcher, Registrar
 from rmqtwist.framing import LengthPrefixedFactory, format_address
 from rmqtwist.protocol import RemotingProtocol
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IAddress, IReactorTime
 
-    from rmqtwist.interfaces import IChannelEventListener, IRequestProcessor, IRPCHook
 
 __all__ = ["Refused", "RemotingServer", "RemotingServerFactory"]
 
@@ -70,7 +69,7 @@ class Refused(Protocol):
         """Ignored: the connection is closing."""
 
 
-class RemotingServerFactory(LengthPrefixedFactory):
+class RemotingServerFactory(Registrar, LengthPrefixedFactory):
     """Builds one :class:`~rmqtwist.protocol.RemotingProtocol` per accepted connection.
 
     All connections share :attr:`dispatcher`: the one given, or one built from
@@ -108,28 +107,6 @@ class RemotingServerFactory(LengthPrefixedFactory):
         self.refused_connections = 0
         self._refused_since_log = 0
         self._last_refusal_log: float | None = None
-
-    # -- registration, delegated to the dispatcher -------------------------------------
-
-    def register_processor(
-        self, code: int, processor: IRequestProcessor, blocking: bool | None = None
-    ) -> None:
-        """Answer requests with ``code`` with ``processor`` (``blocking``: in a thread)."""
-        self.dispatcher.register_processor(code, processor, blocking)
-
-    def register_default_processor(
-        self, processor: IRequestProcessor, blocking: bool | None = None
-    ) -> None:
-        """Answer requests that no code-specific processor takes with ``processor``."""
-        self.dispatcher.register_default_processor(processor, blocking)
-
-    def register_rpc_hook(self, hook: IRPCHook) -> None:
-        """Run ``hook`` around every request of every connection."""
-        self.dispatcher.register_rpc_hook(hook)
-
-    def register_listener(self, listener: IChannelEventListener) -> None:
-        """Tell ``listener`` about connects, closes, errors and idle timeouts."""
-        self.dispatcher.register_listener(listener)
 
     @property
     def connections(self) -> set[RemotingProtocol]:

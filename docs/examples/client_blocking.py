@@ -10,67 +10,15 @@ Run from a checkout:  PYTHONPATH=src python docs/examples/client_blocking.py
 
 from __future__ import annotations
 
-import os
-import re
-import socket
-import subprocess
-import sys
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from pathlib import Path
 
 import crochet
+from _twist import free_address, twist_server
 
 from rmqtwist import RemotingCommand, RequestCode, code_name
 from rmqtwist.blocking import BlockingClient
 from rmqtwist.client import ClientConfig
 from rmqtwist.errors import ConnectError
-
-SRC = Path(__file__).resolve().parent.parent.parent / "src"
-
-
-@contextmanager
-def twist_server(*options: str) -> Iterator[str]:
-    """Run ``twist rmq-remoting`` on a free port of 127.0.0.1; yield its address."""
-    script = Path(sys.executable).with_name("twist")
-    twist = [str(script)] if script.exists() else [sys.executable, "-m", "twisted"]
-    path = os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")]))
-    server = subprocess.Popen(
-        [
-            *twist,
-            "--log-format=text",
-            "rmq-remoting",
-            "--listen",
-            "tcp:0:interface=127.0.0.1",
-            *options,
-        ],
-        env={**os.environ, "PYTHONPATH": path},
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        assert server.stdout is not None
-        for line in server.stdout:  # wait until it says where it listens
-            listening = re.search(r"listening on (127\.0\.0\.1:\d+)", line)
-            if listening:
-                break
-        else:
-            raise SystemExit("twist rmq-remoting exited before listening")
-        yield listening.group(1)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-        server.stdout.close()  # type: ignore[union-attr]
-
-
-def free_address() -> str:
-    """An address of 127.0.0.1 on which nothing listens (for the error)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{sock.getsockname()[1]}"
 
 
 def main() -> None:

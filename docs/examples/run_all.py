@@ -3,7 +3,8 @@
 Run from a checkout:  python docs/examples/run_all.py [--update]
 
 Each example runs with ``src`` on PYTHONPATH and a time limit; it must exit 0 and print
-exactly what its ``.out`` file holds (the documentation includes those files).
+exactly what its ``.out`` file holds (the documentation includes those files). Modules
+named ``_*.py`` are helpers the examples import, not examples.
 ``--update`` rewrites the ``.out`` files instead of comparing.
 """
 
@@ -30,8 +31,8 @@ def main() -> int:
     )
     failed = 0
     for script in sorted(HERE.glob("*.py")):
-        if script.name == Path(__file__).name:
-            continue
+        if script.name == Path(__file__).name or script.name.startswith("_"):
+            continue  # this runner, or a helper module the examples import
         done = subprocess.run(
             [sys.executable, str(script)],
             env=env,

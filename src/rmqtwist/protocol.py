@@ -535,10 +535,9 @@ class RemotingProtocol(LengthPrefixed, TimeoutMixin):
             )
             return
         entry.permit.release()
-        if not self._pending:
-            self._clear_deadlines()
-        elif len(self._deadlines) > 2 * len(self._pending) + 64:
-            self._forget_deadline()
+        pending = self._pending
+        if not pending or len(self._deadlines) > 2 * len(pending) + 64:
+            self._forget_deadline()  # no timer left behind, or a compaction due
         dispatcher = self.dispatcher
         if dispatcher.hooks:
             try:

@@ -38,6 +38,7 @@ from rmqtwist.errors import (
 from rmqtwist.interfaces import IRequestProcessor
 from rmqtwist.processors import EchoProcessor
 from rmqtwist.protocol import RemotingProtocol
+from tests.test_protocol import call_timers
 
 E = TypeVar("E", bound=BaseException)
 
@@ -187,7 +188,7 @@ def assert_settled(net: Net) -> None:
     assert not client._calls  # no call still tracked by the client
     for connection in dispatcher.connections:
         assert connection.in_flight_calls() == []
-    assert net.reactor.getDelayedCalls() == []
+    assert call_timers(net.reactor) == []
 
 
 # ===========================================================================
@@ -895,7 +896,7 @@ def test_idle_timeout_none_never_closes_connections() -> None:
     net.reactor.advance(10_000)
     assert not conn.closing
     assert net.client.connection(ADDRESS) is conn.protocol
-    assert net.reactor.getDelayedCalls() == []  # no sweep at all
+    assert call_timers(net.reactor) == []  # no sweep at all
 
 
 # ===========================================================================
@@ -1011,7 +1012,7 @@ def test_close_refuses_new_calls() -> None:
         assert "the client is closed" in str(error)
     assert net.connects == 0
     assert net.client.pool_stats().errors == 2
-    assert net.reactor.getDelayedCalls() == []
+    assert call_timers(net.reactor) == []
 
 
 def test_close_fails_calls_waiting_for_a_connection_at_once() -> None:
@@ -1123,7 +1124,7 @@ def test_close_leaves_no_timer_behind() -> None:
     pending = watch(net.client.invoke(ADDRESS, request(), timeout=100))
     connecting = watch(net.client.invoke(THIRD, request(), timeout=100))
     # the sweep, the response timer, the connect timer and the connecting call's deadline
-    assert len(net.reactor.getDelayedCalls()) == 4
+    assert len(call_timers(net.reactor)) == 4
     closed = watch(net.client.close(timeout=1))
     error_of(connecting, ClientClosedError)
     net.advance_to(1)
@@ -1132,7 +1133,7 @@ def test_close_leaves_no_timer_behind() -> None:
         assert conn.closing
         conn.lose()
     assert value_of(closed) is None
-    assert net.reactor.getDelayedCalls() == []
+    assert net.reactor.getDelayedCalls() == []  # the connections' deadline timers too
     assert_settled(net)
 
 
@@ -1164,7 +1165,7 @@ def test_bad_address_is_a_value_error_before_anything_is_counted(
         call(address, request())
     assert net.client.pool_stats() == PoolStats(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, None)
     assert net.connects == 0
-    assert net.reactor.getDelayedCalls() == []
+    assert call_timers(net.reactor) == []
 
 
 def test_bracketed_ipv6_address_is_fine() -> None:

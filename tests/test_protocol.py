@@ -87,6 +87,24 @@ def messages(events: list[Event]) -> list[str]:
     return [str(e.get("log_format")) for e in events]
 
 
+def call_timers(clock: Any) -> list[Any]:
+    """The clock's timers less a connection's deadline timer with nothing left to time.
+
+    That timer outlives the last answer on purpose (cheaper than cancelling it and
+    setting a new one per request): it runs once at its time, finds nothing due and
+    stops (test_deadline_timer_outliving_the_last_answer_runs_once_and_stops).
+    """
+    return [call for call in clock.getDelayedCalls() if not _idle_deadline_timer(call)]
+
+
+def _idle_deadline_timer(call: Any) -> bool:
+    func = call.func
+    return (
+        getattr(func, "__func__", None) is RemotingProtocol._deadlines_due
+        and not func.__self__._deadlines
+    )
+
+
 def has_result(d: Deferred[Any]) -> bool:
     return bool(d.called) and not d.paused
 
@@ -355,7 +373,7 @@ def test_permits_are_first_come_first_served_and_released_once() -> None:
     assert permits.in_use == 1
     last.release()
     assert permits.available == 1
-    assert clock.getDelayedCalls() == []  # the waiters' timers were cancelled
+    assert call_timers(clock) == []  # the waiters' timers were cancelled
 
 
 def test_permit_wait_times_out() -> None:
@@ -384,7 +402,7 @@ def test_cancelled_permit_wait_leaves_the_queue() -> None:
     failure_of(waiter, CancelledError)
     held.release()
     assert permits.available == 1
-    assert clock.getDelayedCalls() == []
+    assert call_timers(clock) == []
 
 
 def test_budgets_and_limits_must_be_positive() -> None:
@@ -462,7 +480,7 @@ def test_response_pops_the_entry_and_fires_the_deferred() -> None:
     assert response.opaque == recorder.requests[0].opaque == 1
     assert recorder.requests[0].ext("topic") == "T"
     assert p.client.pending_count == 0
-    assert p.clock.getDelayedCalls() == []  # the request's timer was cancelled
+    assert call_timers(p.clock) == []  # the request's timer was cancelled
     assert_budgets_full(p.client.dispatcher)
     assert p.client.dispatcher.requests_sent == 1
     assert server.requests_received == 1 and server.responses_sent == 1
@@ -506,7 +524,7 @@ def test_mixed_timeouts_expire_each_at_its_own_deadline() -> None:
     for timeout in (5.0, 1.0, 3.0, 0.5, 3.0):
         d = s.protocol.invoke(request(), timeout=timeout)
         d.addErrback(lambda f, t=timeout: order.append(t) if f.check(RemotingTimeoutError) else f)
-    assert len(s.clock.getDelayedCalls()) == 1
+    assert len(call_timers(s.clock)) == 1
     s.clock.advance(0.4999)
     assert order == []
     s.clock.advance(0.0001)
@@ -520,7 +538,7 @@ def test_mixed_timeouts_expire_each_at_its_own_deadline() -> None:
     s.clock.advance(0.0001)
     assert order == [0.5, 1.0, 3.0, 3.0, 5.0]
     assert s.protocol.pending_count == 0
-    assert s.clock.getDelayedCalls() == []
+    assert call_timers(s.clock) == []
     assert s.dispatcher.calls_failed == 5
     assert_budgets_full(s.dispatcher)
 
@@ -534,12 +552,42 @@ def test_answered_calls_never_expire_and_leave_no_timer() -> None:
     assert result_of(first).opaque == sent[0].opaque
     s.clock.advance(1.0)  # the timer, set for the first call, finds it answered
     assert not second.called
-    assert len(s.clock.getDelayedCalls()) == 1  # re-armed for the second
+    assert len(call_timers(s.clock)) == 1  # re-armed for the second
     s.feed(response_to(sent[1]))
     assert result_of(second).opaque == sent[1].opaque
-    assert s.clock.getDelayedCalls() == []  # nothing pending: no timer either
+    assert call_timers(s.clock) == []  # nothing pending: no timer of a call either
     s.clock.advance(10)
     assert s.dispatcher.calls_failed == 0
+    assert s.clock.getDelayedCalls() == []
+
+
+def test_deadline_timer_outliving_the_last_answer_runs_once_and_stops() -> None:
+    # One call at a time: the timer is set once, not once per call. It stays armed for
+    # the first call's deadline, runs then, re-arms for the call still pending, and
+    # stops when it finds nothing pending.
+    s = side()
+    first = s.protocol.invoke(request(), timeout=3.0)
+    timer = s.clock.getDelayedCalls()[0]
+    s.feed(response_to(s.sent()[0]))
+    assert result_of(first).is_response
+    assert s.clock.getDelayedCalls() == [timer]  # kept, with nothing left to time
+    s.clock.advance(1.0)
+    later = s.protocol.invoke(request(), timeout=3.0)  # due at 4.0: the timer at 3.0 stays
+    assert s.clock.getDelayedCalls() == [timer]
+    s.clock.advance(2.0)  # 3.0: the timer runs, finds the later call not yet due
+    assert not later.called
+    (rearmed,) = s.clock.getDelayedCalls()
+    assert rearmed is not timer and rearmed.getTime() == pytest.approx(4.0)
+    s.feed(response_to(s.sent()[0]))
+    assert result_of(later).is_response
+    s.clock.advance(1.0)  # 4.0: it runs once more, finds nothing, and is not set again
+    assert s.clock.getDelayedCalls() == []
+    assert s.dispatcher.calls_failed == 0
+    sooner = s.protocol.invoke(request(), timeout=0.5)  # a fresh timer for a new call
+    assert len(s.clock.getDelayedCalls()) == 1
+    s.clock.advance(0.5)
+    failure_of(sooner, RemotingTimeoutError)
+    assert_budgets_full(s.dispatcher)
 
 
 def test_the_deadline_heap_stays_bounded_under_steady_load() -> None:
@@ -616,7 +664,7 @@ def test_cancel_removes_the_entry_and_releases_the_permit() -> None:
     d.cancel()
     failure_of(d, CancelledError)
     assert s.protocol.pending_count == 0
-    assert s.clock.getDelayedCalls() == []
+    assert call_timers(s.clock) == []
     assert_budgets_full(s.dispatcher)
     s.feed(response_to(sent))
     assert s.dispatcher.late_responses == 1
@@ -630,7 +678,7 @@ def test_connection_loss_fails_every_pending_request_at_once() -> None:
     errors = [failure_of(d, ConnectionLostError) for d in deferreds]
     assert "lost before the response to" in str(errors[0]) and "peer went away" in str(errors[0])
     assert s.protocol.pending_count == 0
-    assert s.clock.getDelayedCalls() == []
+    assert call_timers(s.clock) == []
     assert_budgets_full(s.dispatcher)
     assert not s.protocol.is_connected and not s.protocol.is_writable
 
@@ -656,7 +704,7 @@ def test_encode_error_fails_the_call_and_releases_the_permit() -> None:
     failure_of(s.protocol.invoke_oneway(too_big), EncodeError)
     assert s.transport.value() == b""
     assert s.protocol.pending_count == 0
-    assert s.clock.getDelayedCalls() == []
+    assert call_timers(s.clock) == []
     assert_budgets_full(s.dispatcher)
     s.protocol.invoke(request(200050))  # JSON has no int16 limit
     assert [c.code for c in s.sent()] == [200050]
@@ -674,7 +722,7 @@ def test_write_error_fails_the_call_and_forgets_it() -> None:
     error = failure_of(s.protocol.invoke_oneway(request()), SendRequestError)
     assert isinstance(error.__cause__, OSError)
     assert s.protocol.pending_count == 0
-    assert s.clock.getDelayedCalls() == []
+    assert call_timers(s.clock) == []
     assert_budgets_full(s.dispatcher)
 
 
@@ -756,7 +804,7 @@ def test_third_invoke_waits_for_a_permit_and_keeps_its_deadline() -> None:
     s.feed(response_to(second))
     result_of(d2)
     assert_budgets_full(s.dispatcher)
-    assert s.clock.getDelayedCalls() == []
+    assert call_timers(s.clock) == []
 
 
 def test_invoke_fails_when_no_permit_frees_in_time() -> None:
@@ -784,7 +832,7 @@ def test_invoke_cancelled_while_waiting_for_a_permit_is_never_sent() -> None:
     result_of(d1)
     assert s.sent() == []
     assert_budgets_full(s.dispatcher)
-    assert s.clock.getDelayedCalls() == []
+    assert call_timers(s.clock) == []
 
 
 def test_invoke_cancelled_after_its_permit_came_forgets_the_request() -> None:
@@ -815,7 +863,7 @@ def test_invoke_waiting_for_a_permit_fails_at_once_when_its_connection_is_lost()
     result_of(held)
     assert b.sent() == []
     assert_budgets_full(dispatcher)  # the permit did not go to the dead waiter
-    assert dispatcher.clock.getDelayedCalls() == []
+    assert call_timers(dispatcher.clock) == []
 
 
 def test_invoke_waiting_for_a_permit_on_a_connection_lost_meanwhile() -> None:
@@ -840,7 +888,7 @@ def test_invoke_oneway_sets_the_flag_and_fires_none_once_written() -> None:
     (sent,) = s.sent()
     assert sent.flag == FLAG_ONEWAY and sent.body == b"fire"
     assert s.protocol.pending_count == 0
-    assert s.clock.getDelayedCalls() == []
+    assert call_timers(s.clock) == []
     assert_budgets_full(s.dispatcher)
     assert s.dispatcher.requests_sent == 1
     # flags are the connection's business: the response bit is cleared, and invoke()
@@ -865,7 +913,7 @@ def test_invoke_oneway_waits_for_a_permit() -> None:
     (sent,) = s.sent()
     assert sent.is_oneway
     assert_budgets_full(s.dispatcher)
-    assert s.clock.getDelayedCalls() == []
+    assert call_timers(s.clock) == []
 
 
 def test_invoke_oneway_fails_when_no_permit_frees_in_time() -> None:
@@ -890,7 +938,7 @@ def test_invoke_oneway_waiting_fails_at_once_when_the_connection_is_lost() -> No
     held.release()
     assert s.transport.value() == b""
     assert_budgets_full(s.dispatcher)
-    assert s.clock.getDelayedCalls() == []
+    assert call_timers(s.clock) == []
 
 
 def test_oneway_request_gets_no_reply_over_a_pair() -> None:
@@ -1401,16 +1449,16 @@ def test_reads_and_writes_reset_the_idle_timeout() -> None:
 
 def test_no_idle_timeout() -> None:
     s = side(idle_timeout=None)
-    assert s.clock.getDelayedCalls() == []
+    assert call_timers(s.clock) == []
     s.clock.advance(10_000)
     assert not s.transport.disconnecting
 
 
 def test_connection_loss_cancels_the_idle_timer() -> None:
     s = side(idle_timeout=120)
-    assert len(s.clock.getDelayedCalls()) == 1
+    assert len(call_timers(s.clock)) == 1
     s.lose()
-    assert s.clock.getDelayedCalls() == []
+    assert call_timers(s.clock) == []
 
 
 def test_idle_timeout_over_iosim_with_a_memory_reactor() -> None:

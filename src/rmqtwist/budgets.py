@@ -68,7 +68,12 @@ class Permits:
 
     def release(self) -> None:
         """Give back one permit taken with :meth:`take`."""
-        self._release()
+        if self._waiters:
+            self._waiters.popleft().callback(Permit(self))  # the slot passes straight on
+        else:
+            self.in_use -= 1
+
+    _release = release  # what a Permit object calls
 
     def acquire(self, timeout: float) -> Deferred[Permit]:
         """A Deferred of a permit, failing with TooManyRequestsError after ``timeout``."""
@@ -103,9 +108,3 @@ class Permits:
         if waiter in self._waiters:
             self._waiters.remove(waiter)
             waiter.errback(error)
-
-    def _release(self) -> None:
-        if self._waiters:
-            self._waiters.popleft().callback(Permit(self))  # the slot passes straight on
-        else:
-            self.in_use -= 1

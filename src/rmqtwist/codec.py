@@ -125,10 +125,8 @@ def _check_int(name: str, value: int, low: int, high: int, fmt: str) -> None:
         raise EncodeError(f"{name} {value} does not fit the {fmt}")
 
 
-def _encode_json_header(command: RemotingCommand) -> bytes:
+def _encode_json_header(command: RemotingCommand, opaque: int, flag: int) -> bytes:
     code = command.code
-    opaque = command.opaque
-    flag = command.flag
     version = command.version
     if not (_INT32_MIN <= code <= _INT32_MAX):
         _check_int("code", code, _INT32_MIN, _INT32_MAX, "int32 of a JSON header")
@@ -261,12 +259,10 @@ def _decode_json_header(text: str, body: bytes) -> RemotingCommand:
 # ---------------------------------------------------------------------------
 
 
-def _encode_binary_header(command: RemotingCommand) -> bytes:
+def _encode_binary_header(command: RemotingCommand, opaque: int, flag: int) -> bytes:
     code = command.code
     version = command.version
     language = command.language
-    opaque = command.opaque
-    flag = command.flag
     if not (_INT16_MIN <= code <= _INT16_MAX):
         raise EncodeError(
             f"code {code} does not fit the int16 of a ROCKETMQ header "
@@ -399,24 +395,35 @@ def encode_header(command: RemotingCommand, serialize_type: int | None = None) -
     """The header bytes of ``command`` alone (no length words)."""
     stype = command.serialize_type if serialize_type is None else serialize_type
     if stype == _JSON:
-        return _encode_json_header(command)
+        return _encode_json_header(command, command.opaque, command.flag)
     if stype == _ROCKETMQ:
-        return _encode_binary_header(command)
+        return _encode_binary_header(command, command.opaque, command.flag)
     raise EncodeError(f"unknown serialize type {stype!r}")
 
 
-def encode_frame(command: RemotingCommand, serialize_type: int | None = None) -> bytes:
+def encode_frame(
+    command: RemotingCommand,
+    serialize_type: int | None = None,
+    *,
+    opaque: int | None = None,
+    flag: int | None = None,
+) -> bytes:
     """The whole frame of ``command``, 4-byte length prefix included.
 
-    ``serialize_type`` None means the command's own. Raises
-    :class:`~rmqtwist.errors.EncodeError` when a value does not fit the chosen format
-    (e.g. a code above 32767 in ROCKETMQ).
+    ``serialize_type``, ``opaque`` and ``flag``, when given, are written in place of the
+    command's own (a connection stamps each request it sends this way, without
+    building a new command first). Raises :class:`~rmqtwist.errors.EncodeError` when a
+    value does not fit the chosen format (e.g. a code above 32767 in ROCKETMQ).
     """
     stype = command.serialize_type if serialize_type is None else serialize_type
+    if opaque is None:
+        opaque = command.opaque
+    if flag is None:
+        flag = command.flag
     if stype == _JSON:
-        header = _encode_json_header(command)
+        header = _encode_json_header(command, opaque, flag)
     elif stype == _ROCKETMQ:
-        header = _encode_binary_header(command)
+        header = _encode_binary_header(command, opaque, flag)
     else:
         raise EncodeError(f"unknown serialize type {stype!r}")
     header_len = len(header)

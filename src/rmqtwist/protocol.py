@@ -112,22 +112,16 @@ def _addressed(response: RemotingCommand, request: RemotingCommand) -> RemotingC
     return response
 
 
-class _Pending:
-    __slots__ = ("deadline", "deferred", "permit", "request", "timeout")
-
-    def __init__(
-        self,
-        request: RemotingCommand,
-        deferred: Deferred[RemotingCommand],
-        permit: Permit | Permits,  # a budget itself when taken with Permits.take()
-        deadline: float,
-        timeout: float,
-    ) -> None:
-        self.request = request
-        self.deferred = deferred
-        self.permit = permit
-        self.deadline = deadline
-        self.timeout = timeout
+#: A request of ours waiting for its response, as one tuple (a class costs more per
+#: request): ``(deadline, sequence, opaque, request, deferred, permit, timeout)``.
+#: It is both the pending table's value and the deadline heap's item: the heap orders
+#: by ``(deadline, sequence)``, and the unique sequence keeps it from comparing further.
+#: ``request`` is the request as given (stamped with opaque and flag only when RPC
+#: hooks need to see it so); ``permit`` is a :class:`Permit`, or the budget itself when
+#: taken with :meth:`Permits.take`.
+_Pending = tuple[
+    float, int, int, RemotingCommand, Deferred[RemotingCommand], "Permit | Permits", float
+]
 
 
 @implementer(IChannel, IPushProducer)
@@ -150,10 +144,12 @@ class RemotingProtocol(LengthPrefixed, TimeoutMixin):
         #: Bumped by every read and write: a pool's idle sweep compares it between sweeps.
         self.activity = 0
         self._pending: dict[int, _Pending] = {}
-        # Deadlines of pending requests: a heap of (deadline, sequence, opaque, entry) and
-        # one timer for the earliest. An answered entry stays in the heap until it is
-        # popped or the heap is compacted (cheaper than a timer per request).
-        self._deadlines: list[tuple[float, int, int, _Pending]] = []
+        # Deadlines of pending requests: a heap of the pending entries and one timer for
+        # the earliest. An answered entry stays in the heap until it is popped or the
+        # heap is compacted (cheaper than a timer per request). The timer outlives the
+        # last answer: it runs once at its time and finds nothing due, which costs less
+        # than cancelling it and setting a new one for the next request.
+        self._deadlines: list[_Pending] = []
         self._deadline_sequence = 0
         self._deadline_timer: IDelayedCall | None = None
         self._deadline_at = 0.0
@@ -222,13 +218,10 @@ class RemotingProtocol(LengthPrefixed, TimeoutMixin):
         pending, self._pending = self._pending, {}
         self._clear_deadlines()
         self.dispatcher.calls_failed += len(pending)
-        for entry in pending.values():
-            entry.permit.release()
-            entry.deferred.errback(
-                error(
-                    f"before the response to {code_name(entry.request.code)} "
-                    f"(opaque {entry.request.opaque})"
-                )
+        for _, _, opaque, request, deferred, permit, _ in pending.values():
+            permit.release()
+            deferred.errback(
+                error(f"before the response to {code_name(request.code)} (opaque {opaque})")
             )
 
     def fail_calls(self, error: Callable[[str], Exception]) -> None:
@@ -244,7 +237,7 @@ class RemotingProtocol(LengthPrefixed, TimeoutMixin):
 
     def in_flight_calls(self) -> list[Deferred[Any]]:
         """The Deferreds of the calls of ours that have not finished on this connection."""
-        calls: list[Deferred[Any]] = [entry.deferred for entry in self._pending.values()]
+        calls: list[Deferred[Any]] = [entry[4] for entry in self._pending.values()]
         calls.extend(self._waiting)
         calls.extend(self._writable_waiters)
         return calls
@@ -379,7 +372,8 @@ class RemotingProtocol(LengthPrefixed, TimeoutMixin):
         Cancelling it forgets the request (a late response is then dropped).
         Raises ValueError at once for a negative ``timeout``.
         """
-        _check_timeout(timeout)
+        if not timeout >= 0:
+            _check_timeout(timeout)
         if not self.is_connected or self.is_closing:
             self.dispatcher.calls_failed += 1
             return fail(self._not_open())
@@ -403,21 +397,21 @@ class RemotingProtocol(LengthPrefixed, TimeoutMixin):
         self, request: RemotingCommand, timeout: float, permit: Permit | Permits
     ) -> Deferred[RemotingCommand]:
         dispatcher = self.dispatcher
+        pending = self._pending
+        opaque = self._next_opaque
+        if opaque < _INT32_MAX and opaque not in pending:
+            self._next_opaque = opaque + 1
+        else:
+            opaque = self._allocate_opaque()
         try:
+            flag = request.flag & ~(FLAG_RESPONSE | FLAG_ONEWAY)
             if dispatcher.hooks:
+                # The hooks see the request as sent (after_response gets it too).
                 request = dispatcher.before_request(self.remote_address, request)
-            opaque = self._next_opaque
-            if opaque < _INT32_MAX and opaque not in self._pending:
-                self._next_opaque = opaque + 1
+                request = _stamped(request, opaque, flag, dispatcher.serialize_type)
+                frame = encode_frame(request)
             else:
-                opaque = self._allocate_opaque()
-            request = _stamped(
-                request,
-                opaque,
-                request.flag & ~(FLAG_RESPONSE | FLAG_ONEWAY),
-                dispatcher.serialize_type,
-            )
-            frame = encode_frame(request)
+                frame = encode_frame(request, dispatcher.serialize_type, opaque=opaque, flag=flag)
         except Exception as e:
             permit.release()
             dispatcher.calls_failed += 1
@@ -426,22 +420,22 @@ class RemotingProtocol(LengthPrefixed, TimeoutMixin):
         def cancel(_: Deferred[RemotingCommand]) -> None:
             entry = self._pending.pop(opaque, None)
             if entry is not None:
-                entry.permit.release()
+                entry[5].release()
                 self._forget_deadline()
 
         deferred: Deferred[RemotingCommand] = Deferred(cancel)
         now = dispatcher.clock.seconds()
         deadline = now + timeout
-        entry = self._pending[opaque] = _Pending(request, deferred, permit, deadline, timeout)
         self._deadline_sequence = sequence = self._deadline_sequence + 1
-        heappush(self._deadlines, (deadline, sequence, opaque, entry))
+        entry = pending[opaque] = (deadline, sequence, opaque, request, deferred, permit, timeout)
+        heappush(self._deadlines, entry)
         if self._deadline_timer is None or deadline < self._deadline_at:
             self._arm_deadline_timer(deadline, now)
         dispatcher.requests_sent += 1
         try:
             self.write_frame(frame)  # the entry is registered before the write
         except Exception as e:
-            if self._pending.pop(opaque, None) is not None:
+            if pending.pop(opaque, None) is not None:
                 permit.release()
                 self._forget_deadline()
                 dispatcher.calls_failed += 1
@@ -468,12 +462,11 @@ class RemotingProtocol(LengthPrefixed, TimeoutMixin):
     def _forget_deadline(self) -> None:
         # An entry left the pending table early (answered, cancelled, unsendable).
         pending = self._pending
-        if not pending:
-            self._clear_deadlines()  # nothing to time: no timer left behind
-            return
         heap = self._deadlines
-        if len(heap) > 2 * len(pending) + 64:  # compact: amortised O(1) per request
-            heap[:] = [item for item in heap if pending.get(item[2]) is item[3]]
+        if not pending:
+            heap.clear()  # the timer stays: it finds nothing due, then stops
+        elif len(heap) > 2 * len(pending) + 64:  # compact: amortised O(1) per request
+            heap[:] = [item for item in heap if pending.get(item[2]) is item]
             heapify(heap)
 
     def _deadlines_due(self) -> None:
@@ -484,18 +477,18 @@ class RemotingProtocol(LengthPrefixed, TimeoutMixin):
         limit = max(clock.seconds(), self._deadline_at)
         heap = self._deadlines
         pending = self._pending
-        expired: list[tuple[int, _Pending]] = []
+        expired: list[_Pending] = []
         while heap and heap[0][0] <= limit:
-            _, _, opaque, entry = heappop(heap)
-            if pending.get(opaque) is entry:
-                del pending[opaque]
-                expired.append((opaque, entry))
-        while heap and pending.get(heap[0][2]) is not heap[0][3]:
+            entry = heappop(heap)
+            if pending.get(entry[2]) is entry:
+                del pending[entry[2]]
+                expired.append(entry)
+        while heap and pending.get(heap[0][2]) is not heap[0]:
             heappop(heap)  # answered long ago
         if heap:
             self._arm_deadline_timer(heap[0][0], clock.seconds())
-        for opaque, entry in expired:
-            self._timed_out(opaque, entry)
+        for entry in expired:
+            self._timed_out(entry)
 
     def _not_open(self) -> ConnectionLostError:
         state = "closing" if self.is_connected else "not connected"
@@ -509,14 +502,14 @@ class RemotingProtocol(LengthPrefixed, TimeoutMixin):
         failed.__cause__ = error
         return failed
 
-    def _timed_out(self, opaque: int, entry: _Pending) -> None:
-        entry.permit.release()
-        request = entry.request
+    def _timed_out(self, entry: _Pending) -> None:
+        _, _, opaque, request, deferred, permit, timeout = entry
+        permit.release()
         self.dispatcher.calls_failed += 1
-        entry.deferred.errback(
+        deferred.errback(
             RemotingTimeoutError(
                 f"no response from {self.remote_address} to {code_name(request.code)} "
-                f"(opaque {opaque}) within {entry.timeout:g} s"
+                f"(opaque {opaque}) within {timeout:g} s"
             )
         )
         if self.dispatcher.close_on_timeout and not self.is_closing:
@@ -534,19 +527,19 @@ class RemotingProtocol(LengthPrefixed, TimeoutMixin):
                 response=response,
             )
             return
-        entry.permit.release()
+        entry[5].release()
         pending = self._pending
         if not pending or len(self._deadlines) > 2 * len(pending) + 64:
-            self._forget_deadline()  # no timer left behind, or a compaction due
+            self._forget_deadline()  # the heap emptied, or a compaction is due
         dispatcher = self.dispatcher
         if dispatcher.hooks:
             try:
-                response = dispatcher.after_response(self.remote_address, entry.request, response)
+                response = dispatcher.after_response(self.remote_address, entry[3], response)
             except Exception as e:
                 dispatcher.calls_failed += 1
-                entry.deferred.errback(e)
+                entry[4].errback(e)
                 return
-        entry.deferred.callback(response)
+        entry[4].callback(response)
 
     def invoke_oneway(self, request: RemotingCommand, timeout: float = 3.0) -> Deferred[None]:
         """Send ``request`` with the oneway flag; fires with None once it is written.
@@ -586,20 +579,18 @@ class RemotingProtocol(LengthPrefixed, TimeoutMixin):
             if not self.is_connected or self.is_closing:
                 raise self._not_open()
             dispatcher = self.dispatcher
-            command = request
             if dispatcher.hooks:
-                command = dispatcher.before_request(self.remote_address, command)
-            command = _stamped(
-                command,
-                self._allocate_opaque(),
-                (command.flag | FLAG_ONEWAY) & ~FLAG_RESPONSE,
+                request = dispatcher.before_request(self.remote_address, request)
+            frame = encode_frame(
+                request,
                 dispatcher.serialize_type,
+                opaque=self._allocate_opaque(),
+                flag=(request.flag | FLAG_ONEWAY) & ~FLAG_RESPONSE,
             )
-            frame = encode_frame(command)
             try:
                 self.write_frame(frame)
             except Exception as e:
-                raise self._send_failed(command, e) from e
+                raise self._send_failed(request, e) from e
         except BaseException:
             if permit is not None:
                 permit.release()

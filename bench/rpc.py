@@ -1120,6 +1120,74 @@ class Result:
         return sum(self.errors.values())
 
 
+def _mean_of_placements(runs: list[tuple[Result, list[int]]]) -> Result:
+    """One row from the same load run with the CPUs one way and then swapped: rates, CPU
+    shares and CPU per request are the means of the runs, latency percentiles come from
+    all their samples, errors and counts add up; ``extra["placements"]`` keeps each."""
+    results = [r for r, _ in runs]
+    first = results[0]
+    combined = Result(
+        scenario=first.scenario,
+        serialize_type=first.serialize_type,
+        connections=first.connections,
+        in_flight=first.in_flight,
+        body_size=first.body_size,
+        duration_s=round(sum(r.duration_s for r in results), 3),
+        client_procs=first.client_procs,
+        client=first.client,
+    )
+
+    def mean(values: list[float | None]) -> float | None:
+        known = [v for v in values if v is not None]
+        return sum(known) / len(known) if len(known) == len(values) else None
+
+    combined.requests_per_s = mean([r.requests_per_s for r in results])
+    combined.server_cpu_pct = mean([r.server_cpu_pct for r in results])
+    combined.client_cpu_pct = mean([r.client_cpu_pct for r in results])
+    combined.python_loop_ns = mean([r.python_loop_ns for r in results])
+    combined.client_us_per_req = mean([r.client_us_per_req for r in results])
+    combined.server_us_per_req = mean([r.server_us_per_req for r in results])
+    if combined.client_us_per_req is not None and combined.server_us_per_req:
+        combined.cpu_ratio = combined.client_us_per_req / combined.server_us_per_req
+    for what in ("server_cpu_pct", "client_cpu_pct", "python_loop_ns"):
+        value = getattr(combined, what)
+        if value is not None:
+            setattr(combined, what, round(value, 1))
+    latencies = sorted(lat for _, run in runs for lat in run)
+    combined.samples = len(latencies)
+    if latencies:
+        combined.p50_us = percentile(latencies, 0.50) / 1000
+        combined.p99_us = percentile(latencies, 0.99) / 1000
+        combined.p999_us = percentile(latencies, 0.999) / 1000
+    errors: Counter[str] = Counter()
+    for r in results:
+        errors.update(r.errors)
+    combined.errors = dict(errors)
+    for key in ("sent_total", "received_total", "sent_per_s"):
+        if all(key in r.extra for r in results):
+            combined.extra[key] = sum(r.extra[key] for r in results)
+    if "sent_per_s" in combined.extra:
+        combined.extra["sent_per_s"] = round(combined.extra["sent_per_s"] / len(results))
+    combined.extra["placements"] = [
+        {
+            "server_cpus": r.extra.get("server_cpus"),
+            "client_cpus": r.extra.get("client_cpus"),
+            "requests_per_s": None if r.requests_per_s is None else round(r.requests_per_s),
+            "client_us_per_req": _rounded(r.client_us_per_req),
+            "server_us_per_req": _rounded(r.server_us_per_req),
+            "cpu_ratio": _rounded(r.cpu_ratio),
+        }
+        for r in results
+    ]
+    if "pool" in results[-1].extra:
+        combined.extra["pool"] = results[-1].extra["pool"]
+    return combined
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
 def percentile(sorted_values: list[int], q: float) -> int:
     """Nearest-rank percentile of an ascending, non-empty list."""
     index = math.ceil(q * len(sorted_values) - 1e-9) - 1
@@ -1187,6 +1255,55 @@ class Bench:
         target: tuple[str, float] | None = None,
         client: str = "raw",
     ) -> Result:
+        """One load row. With the rmqtwist client and ``--pin split`` it runs twice, the
+        second time with the two CPUs swapped, and reports the mean of the two: the CPUs
+        of a VM need not be equally fast (see :func:`cpu_speeds`), and a comparison of
+        the client's CPU with the server's must not depend on which one got the faster."""
+        swap = (
+            client == "rmqtwist"
+            and self.server is not None  # a server of ours: its affinity is ours to set
+            and self.args.pin == "split"
+            and self.server_cpus is not None
+            and self.client_cpus is not None
+            and self.server_cpus != self.client_cpus
+        )
+        kwargs = dict(
+            connections=connections,
+            in_flight=in_flight,
+            oneway=oneway,
+            serialize_type=serialize_type,
+            client=client,
+        )
+        if not swap:
+            result, _ = self._load_once(name, **kwargs)  # type: ignore[arg-type]
+        else:
+            runs = []
+            for _ in range(2):  # as pinned, then swapped
+                runs.append(self._load_once(name, **kwargs))  # type: ignore[arg-type]
+                self.swap_cpus()  # twice in all: the placement ends as it began
+            result = _mean_of_placements(runs)
+        if target is not None:
+            _judge(result, *target)
+        return result
+
+    def swap_cpus(self) -> None:
+        """Exchange the server's CPUs and the clients' (the running server's threads too)."""
+        self.server_cpus, self.client_cpus = self.client_cpus, self.server_cpus
+        if self.server_pid is not None and self.server_cpus is not None:
+            for task in Path(f"/proc/{self.server_pid}/task").iterdir():
+                with contextlib.suppress(OSError):  # a thread that just ended
+                    os.sched_setaffinity(int(task.name), self.server_cpus)
+
+    def _load_once(
+        self,
+        name: str,
+        *,
+        connections: int,
+        in_flight: int,
+        oneway: bool,
+        serialize_type: SerializeType,
+        client: str = "raw",
+    ) -> tuple[Result, list[int]]:
         args = self.args
         if client == "rmqtwist":  # one RemotingClient: one process, one pooled connection
             connections, procs, windows = 1, 1, [in_flight]
@@ -1351,10 +1468,10 @@ class Bench:
             result.cpu_ratio = result.client_us_per_req / result.server_us_per_req
         if client == "rmqtwist":
             result.extra["pool"] = results[0].get("pool")
+        result.extra["server_cpus"] = self.server_cpus
+        result.extra["client_cpus"] = self.client_cpus
         result.errors = dict(errors)
-        if target is not None:
-            _judge(result, *target)
-        return result
+        return result, latencies
 
     # -- memory --
 
@@ -1573,6 +1690,23 @@ def python_speed() -> float:
     return round(best, 1)
 
 
+def cpu_speeds() -> dict[int, float]:
+    """:func:`python_speed` on each CPU this process may use, pinned to it in turn.
+
+    The CPUs of a VM need not be equally fast (on the machine these benchmarks were
+    written on, one ran Python 7-10% slower than the other); the bench shows them so
+    that a reader can tell."""
+    cpus = sorted(os.sched_getaffinity(0))
+    speeds: dict[int, float] = {}
+    try:
+        for cpu in cpus:
+            os.sched_setaffinity(0, [cpu])
+            speeds[cpu] = python_speed()
+    finally:
+        os.sched_setaffinity(0, cpus)
+    return speeds
+
+
 def machine_info() -> dict[str, Any]:
     cpu = ""
     with contextlib.suppress(OSError):
@@ -1602,6 +1736,7 @@ def machine_info() -> dict[str, Any]:
         "commit": commit,
         "nofile_limit": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
         "python_loop_ns": python_speed(),
+        "python_loop_ns_per_cpu": cpu_speeds(),
     }
 
 
@@ -1726,11 +1861,19 @@ def print_cpu_table(results: list[Result]) -> None:
         ("cli cpu", 8, ">"),
         ("srv cpu", 8, ">"),
         ("cli <= srv", 11, ">"),
+        ("each placement", 16, ">"),
     ]
     header = " ".join(f"{name:{align}{width}}" for name, width, align in columns)
     print("\nCPU time per request (client process(es) and server, same measured window):")
     print(header)
     print("-" * len(header))
+    if any("placements" in r.extra for r in results):
+        placements = next(r.extra["placements"] for r in results if "placements" in r.extra)
+        print(
+            "  (each row: the mean of two runs, server on CPU "
+            f"{placements[0]['server_cpus']} and client on CPU {placements[0]['client_cpus']}"
+            ", then swapped; 'each placement' gives the two runs' cli/srv)"
+        )
     for r in results:
         if r.client != "rmqtwist":
             verdict = "-"  # the raw clients are a reference, not the client under test
@@ -1754,6 +1897,7 @@ def print_cpu_table(results: list[Result]) -> None:
             "-" if r.client_cpu_pct is None else f"{r.client_cpu_pct:.0f}%",
             "-" if r.server_cpu_pct is None else f"{r.server_cpu_pct:.0f}%",
             verdict,
+            " / ".join(_fmt(p["cpu_ratio"], ".2f") for p in r.extra.get("placements", [])),
         ]
         print(
             " ".join(
@@ -2001,7 +2145,9 @@ def main() -> int:
         f"rmqtwist {machine['rmqtwist']} ({machine['commit']}) remoting benchmark, "
         f"{machine['python']}, Twisted {machine['twisted']}, {machine['cpus']} x "
         f"{machine['cpu']} (Python loop {machine['python_loop_ns']} ns/iteration before, "
-        f"{machine['python_loop_ns_after']} after); loads: {args.duration:g} s measured "
+        f"{machine['python_loop_ns_after']} after; per CPU: "
+        + ", ".join(f"{cpu}: {ns}" for cpu, ns in machine["python_loop_ns_per_cpu"].items())
+        + f"); loads: {args.duration:g} s measured "
         f"after {args.warmup:g} s warm-up, {args.client_procs} {args.client} client "
         f"process(es), CPUs pinned: {args.pin}; {elapsed:.0f} s in all"
     )

@@ -611,6 +611,7 @@ class RemotingClient(Registrar):
             serialize_type=config.serialize_type,
             close_on_timeout=config.close_on_timeout,
         )
+        self._async_permits = self.dispatcher.async_permits
         self._endpoint_factory = endpoint_factory
         self._random = random
         self._connections: dict[str, _ClientConnection] = {}
@@ -649,6 +650,11 @@ class RemotingClient(Registrar):
         if address is not None:
             connection = self._connections.get(address)
             if connection is not None and connection.is_writable:
+                if timeout >= 0 and self._async_permits.take():
+                    # The fast path: what connection.invoke would do after its checks
+                    # (a writable connection is open and not closing).
+                    self._requests += 1
+                    return connection._send_request(request, timeout, self._async_permits)
                 deferred = connection.invoke(request, timeout)  # ValueError for a bad timeout
                 self._requests += 1
                 return deferred

@@ -31,6 +31,7 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from rmqtwist._reply import Reply
 from rmqtwist.budgets import Permit, Permits
 from rmqtwist.codec import encode_frame
 from rmqtwist.codes import FLAG_ONEWAY, FLAG_RESPONSE, ResponseCode, SerializeType, code_name
@@ -332,10 +333,28 @@ class RemotingProtocol(LengthPrefixed, TimeoutMixin):
         transport.write(frame)
 
     def command_received(self, command: RemotingCommand) -> None:
-        if command.flag & FLAG_RESPONSE:
-            self._response_received(command)
-        else:
+        if not command.flag & FLAG_RESPONSE:
             self._request_received(command)
+            return
+        # A response to a request of ours, handled here rather than in a method of its
+        # own: this runs once per response, and a call less is a client's CPU saved.
+        pending = self._pending
+        entry = pending.pop(command.opaque, None)
+        if entry is None:
+            self._late_response(command)
+            return
+        entry[5].release()
+        if not pending or len(self._deadlines) > 2 * len(pending) + 64:
+            self._forget_deadline()  # the heap emptied, or a compaction is due
+        dispatcher = self.dispatcher
+        if dispatcher.hooks:
+            try:
+                command = dispatcher.after_response(self.remote_address, entry[3], command)
+            except Exception as e:
+                dispatcher.calls_failed += 1
+                entry[4].errback(e)
+                return
+        entry[4].callback(command)
 
     # -- requests we send -------------------------------------------------------------
 
@@ -423,7 +442,7 @@ class RemotingProtocol(LengthPrefixed, TimeoutMixin):
                 entry[5].release()
                 self._forget_deadline()
 
-        deferred: Deferred[RemotingCommand] = Deferred(cancel)
+        deferred: Deferred[RemotingCommand] = Reply(cancel)  # a Deferred, fired faster
         now = dispatcher.clock.seconds()
         deadline = now + timeout
         self._deadline_sequence = sequence = self._deadline_sequence + 1
@@ -516,30 +535,14 @@ class RemotingProtocol(LengthPrefixed, TimeoutMixin):
             _log.info("Closing {peer} after a request timed out", peer=self.remote_address)
             self.close()
 
-    def _response_received(self, response: RemotingCommand) -> None:
-        entry = self._pending.pop(response.opaque, None)
-        if entry is None:
-            self.dispatcher.late_responses += 1
-            _log.info(
-                "Dropping a response from {peer} that matches no pending request "
-                "(late after a timeout or cancel?): {response!r}",
-                peer=self.remote_address,
-                response=response,
-            )
-            return
-        entry[5].release()
-        pending = self._pending
-        if not pending or len(self._deadlines) > 2 * len(pending) + 64:
-            self._forget_deadline()  # the heap emptied, or a compaction is due
-        dispatcher = self.dispatcher
-        if dispatcher.hooks:
-            try:
-                response = dispatcher.after_response(self.remote_address, entry[3], response)
-            except Exception as e:
-                dispatcher.calls_failed += 1
-                entry[4].errback(e)
-                return
-        entry[4].callback(response)
+    def _late_response(self, response: RemotingCommand) -> None:
+        self.dispatcher.late_responses += 1
+        _log.info(
+            "Dropping a response from {peer} that matches no pending request "
+            "(late after a timeout or cancel?): {response!r}",
+            peer=self.remote_address,
+            response=response,
+        )
 
     def invoke_oneway(self, request: RemotingCommand, timeout: float = 3.0) -> Deferred[None]:
         """Send ``request`` with the oneway flag; fires with None once it is written.

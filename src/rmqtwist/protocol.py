@@ -423,13 +423,14 @@ class RemotingProtocol(LengthPrefixed, TimeoutMixin):
         else:
             opaque = self._allocate_opaque()
         try:
-            flag = request.flag & ~(FLAG_RESPONSE | FLAG_ONEWAY)
             if dispatcher.hooks:
-                # The hooks see the request as sent (after_response gets it too).
                 request = dispatcher.before_request(self.remote_address, request)
+                # after_response gets the request as sent: stamped, and kept so.
+                flag = request.flag & ~(FLAG_RESPONSE | FLAG_ONEWAY)
                 request = _stamped(request, opaque, flag, dispatcher.serialize_type)
                 frame = encode_frame(request)
             else:
+                flag = request.flag & ~(FLAG_RESPONSE | FLAG_ONEWAY)
                 frame = encode_frame(request, dispatcher.serialize_type, opaque=opaque, flag=flag)
         except Exception as e:
             permit.release()

@@ -1267,19 +1267,23 @@ class Bench:
             and self.client_cpus is not None
             and self.server_cpus != self.client_cpus
         )
-        kwargs = dict(
-            connections=connections,
-            in_flight=in_flight,
-            oneway=oneway,
-            serialize_type=serialize_type,
-            client=client,
-        )
+
+        def once() -> tuple[Result, list[int]]:
+            return self._load_once(
+                name,
+                connections=connections,
+                in_flight=in_flight,
+                oneway=oneway,
+                serialize_type=serialize_type,
+                client=client,
+            )
+
         if not swap:
-            result, _ = self._load_once(name, **kwargs)  # type: ignore[arg-type]
+            result, _ = once()
         else:
             runs = []
             for _ in range(2):  # as pinned, then swapped
-                runs.append(self._load_once(name, **kwargs))  # type: ignore[arg-type]
+                runs.append(once())
                 self.swap_cpus()  # twice in all: the placement ends as it began
             result = _mean_of_placements(runs)
         if target is not None:

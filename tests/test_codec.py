@@ -612,3 +612,20 @@ def test_codec_imports_nothing_from_twisted() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert out.strip() == "False"
+
+
+@given(commands(), st.integers(-(2**31), 2**31 - 1), st.integers(-(2**31), 2**31 - 1))
+def test_encode_frame_overrides_equal_a_replaced_command(
+    command: RemotingCommand, opaque: int, flag: int
+) -> None:
+    # What a connection writes for a request (its own opaque and flag, the client's
+    # serialize type) is the frame of the command with those fields replaced.
+    for stype in (JSON, ROCKETMQ):
+        replaced = command.replace(opaque=opaque, flag=flag, serialize_type=stype)
+        try:
+            expected = encode_frame(replaced)
+        except EncodeError:
+            with pytest.raises(EncodeError):
+                encode_frame(command, stype, opaque=opaque, flag=flag)
+            continue
+        assert encode_frame(command, stype, opaque=opaque, flag=flag) == expected

@@ -759,6 +759,24 @@ def test_client_hooks_replace_the_request_and_the_response() -> None:
     assert hooked_request.ext("signed") == "yes" and raw_response.remark == "ok"
 
 
+def test_client_hook_flag_is_sent_and_after_hooks_see_the_request_as_sent() -> None:
+    # The flag comes from the request the hook returned (less the response and oneway
+    # bits), and the after step gets that request stamped with the opaque used.
+    server = make_dispatcher()
+    recorder = Recorder()
+    server.register_processor(SEND, recorder)
+    p = pair(server)
+    hook = Hook(before=lambda r: r.replace(flag=r.flag | 4 | FLAG_RESPONSE))
+    p.client.dispatcher.register_rpc_hook(hook)
+    d = p.client.invoke(request())
+    p.pump.flush()
+    assert result_of(d).is_response
+    (received,) = recorder.requests
+    assert received.flag == 4
+    _, _, sent_request, _ = hook.calls[1]
+    assert sent_request.flag == 4 and sent_request.opaque == received.opaque
+
+
 def test_client_hook_abort_fails_the_call_without_sending() -> None:
     s = side()
     s.dispatcher.register_rpc_hook(Hook(before=raising(RPCHookAbort(16, "no key"))))

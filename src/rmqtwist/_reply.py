@@ -33,7 +33,7 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
-__all__ = ["FAST_PATH", "Reply"]
+__all__ = ["FAST_PATH", "Reply", "is_deferred_or_failure"]
 
 T = TypeVar("T")
 
@@ -60,6 +60,30 @@ def _has_internals() -> bool:
 FAST_PATH = _has_internals()
 
 
+# Deferred is an ABC (it derives from Awaitable), so ``isinstance(x, Deferred)`` runs
+# ABCMeta.__instancecheck__, a Python-level call, for every result. What it answers
+# depends only on the value's type, so the plain types met are remembered in a set;
+# a type that overrides ``__class__`` (a proxy) is never remembered, since its
+# instances can answer differently. (Registering a virtual subclass of Deferred after
+# its instances went by would also go unseen; nothing does that.)
+_PLAIN_TYPES: set[type] = {type(None)}
+_PLAIN_TYPES_MAX = 256  # a bound, should a program make classes on the fly
+
+
+def is_deferred_or_failure(value: object) -> bool:
+    """``isinstance(value, (Deferred, Failure))``, answered from a set for plain types."""
+    kind = type(value)
+    if kind in _PLAIN_TYPES:
+        return False
+    if isinstance(value, (Deferred, Failure)):
+        return True
+    if len(_PLAIN_TYPES) < _PLAIN_TYPES_MAX and not any(
+        "__class__" in vars(base) for base in kind.__mro__[:-1]
+    ):
+        _PLAIN_TYPES.add(kind)
+    return False
+
+
 def _passthrough(result: object) -> object:
     return result
 
@@ -80,7 +104,7 @@ class Reply(Deferred[T]):
             and not self.paused
             and self._debugInfo is None
             and not self.debug
-            and not isinstance(result, (Deferred, Failure))
+            and (type(result) in _PLAIN_TYPES or not is_deferred_or_failure(result))
         ):
             (function, args, kwargs), _ = callbacks[0]
             if function is not _CONTINUE:
@@ -97,7 +121,9 @@ class Reply(Deferred[T]):
                 finally:
                     self._runningCallbacks = False
                 self.result = value
-                if callbacks or isinstance(value, (Deferred, Failure)):
+                if callbacks or (
+                    type(value) not in _PLAIN_TYPES and is_deferred_or_failure(value)
+                ):
                     # Twisted's loop takes it from here, as if it had made the call.
                     callbacks.insert(0, _PASSTHROUGH_PAIR)
                     self._runCallbacks()

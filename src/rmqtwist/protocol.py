@@ -665,7 +665,11 @@ class RemotingProtocol(LengthPrefixed, TimeoutMixin):
         except Exception:
             context._fail(Failure())  # type: ignore[no-untyped-call]
             return
-        if isinstance(result, Deferred):
+        # Deferred is an ABC: isinstance() is a Python-level call, skipped for the
+        # usual results.
+        if result is not None and type(result) is not RemotingCommand and isinstance(
+            result, Deferred
+        ):
             result.addCallbacks(context._complete, context._fail)
         else:
             context._complete(result)

@@ -115,7 +115,10 @@ class Reply(Deferred[T]):
                 self._runningCallbacks = True
                 value: Any
                 try:
-                    value = function(result, *args, **kwargs)  # type: ignore[operator]
+                    if kwargs:
+                        value = function(result, *args, **kwargs)  # type: ignore[operator]
+                    else:  # ** of Twisted's empty MappingProxyType builds a dict: skipped
+                        value = function(result, *args)  # type: ignore[operator]
                 except BaseException:
                     value = Failure(captureVars=self.debug)  # type: ignore[no-untyped-call]
                 finally:

@@ -343,7 +343,11 @@ class RemotingProtocol(LengthPrefixed, TimeoutMixin):
         if entry is None:
             self._late_response(command)
             return
-        entry[5].release()
+        permits = entry[5]
+        if type(permits) is Permits and not permits._waiters:
+            permits.in_use -= 1  # Permits.release, inlined for its usual case
+        else:
+            permits.release()
         if not pending or len(self._deadlines) > 2 * len(pending) + 64:
             self._forget_deadline()  # the heap emptied, or a compaction is due
         dispatcher = self.dispatcher
@@ -452,8 +456,11 @@ class RemotingProtocol(LengthPrefixed, TimeoutMixin):
         if self._deadline_timer is None or deadline < self._deadline_at:
             self._arm_deadline_timer(deadline, now)
         dispatcher.requests_sent += 1
-        try:
-            self.write_frame(frame)  # the entry is registered before the write
+        try:  # the entry is registered before the write; write_frame's work, inlined
+            self.activity += 1
+            if self.timeOut is not None:
+                self.resetTimeout()  # type: ignore[no-untyped-call]
+            self.transport.write(frame)  # type: ignore[union-attr]
         except Exception as e:
             if pending.pop(opaque, None) is not None:
                 permit.release()

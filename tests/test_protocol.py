@@ -670,6 +670,23 @@ def test_cancel_removes_the_entry_and_releases_the_permit() -> None:
     assert s.dispatcher.late_responses == 1
 
 
+def test_the_canceller_leaves_an_entry_that_is_not_its_own() -> None:
+    # A Reply's canceller finds its entry by opaque; should that opaque ever belong to
+    # another request (the Reply's own entry gone), the other request stays.
+    from rmqtwist._reply import Reply
+
+    s = side()
+    d = s.protocol.invoke(request())
+    (sent,) = s.sent()
+    stale: Reply[RemotingCommand] = Reply(s.protocol._cancel_reply, sent.opaque)
+    stale.addErrback(lambda f: None)
+    stale.cancel()
+    assert s.protocol.pending_count == 1
+    s.feed(response_to(sent))
+    assert result_of(d).opaque == sent.opaque
+    assert_budgets_full(s.dispatcher)
+
+
 def test_connection_loss_fails_every_pending_request_at_once() -> None:
     s = side(async_permits=100)
     deferreds = [s.protocol.invoke(request()) for _ in range(100)]

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, fail, succeed
 from twisted.python.failure import Failure
 
-from rmqtwist._reply import FAST_PATH, Reply
+from rmqtwist._reply import _PLAIN_TYPES, FAST_PATH, Reply, is_deferred_or_failure
 
 
 class Boom(Exception):
@@ -222,6 +222,66 @@ def test_cancel_runs_the_canceller_and_fails_with_cancelled_error() -> None:
     d.cancel()
     assert cancelled == [d]
     assert errors and errors[0].check(CancelledError)
+
+
+def test_a_reply_starts_as_a_deferred_does() -> None:
+    def canceller(d: Deferred[Any]) -> None:
+        pass
+
+    reply: Reply[int] = Reply(canceller, 7)
+    assert vars(reply) == vars(Deferred(canceller))
+    assert reply.opaque == 7
+    assert not reply.called and not reply.paused and reply._debugInfo is None
+
+
+def test_a_reply_made_while_debugging_records_its_creator_as_a_deferred_does() -> None:
+    from twisted.internet.defer import getDebugging, setDebugging
+
+    was = getDebugging()
+    setDebugging(True)
+    try:
+        reply: Reply[int] = Reply()
+        deferred: Deferred[int] = Deferred()
+    finally:
+        setDebugging(was)
+    assert set(vars(reply)) == set(vars(deferred)) == {"_callbacks", "_canceller", "_debugInfo"}
+    assert reply._debugInfo is not None and reply._debugInfo.creator
+
+
+class Proxy:
+    """A stand-in that claims the class of what it wraps, as proxies do."""
+
+    def __init__(self, wrapped: object) -> None:
+        self.wrapped = wrapped
+
+    @property  # type: ignore[misc]
+    def __class__(self) -> type:
+        return type(self.wrapped)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        None,
+        1,
+        "x",
+        RuntimeError(),
+        Deferred(),
+        Reply(),
+        Failure(Boom()),
+        Proxy(Deferred()),
+        Proxy(1),
+        Proxy(Deferred()),
+    ],
+)
+def test_is_deferred_or_failure_answers_as_isinstance(value: object) -> None:
+    expected = isinstance(value, (Deferred, Failure))
+    assert is_deferred_or_failure(value) is expected
+    assert is_deferred_or_failure(value) is expected  # and again, once its type is known
+    assert Proxy not in _PLAIN_TYPES  # a type whose instances can differ is not remembered
+    wrapped = getattr(value, "wrapped", value)
+    if isinstance(wrapped, Deferred):
+        wrapped.callback(None)
 
 
 @pytest.mark.parametrize("cls", [Deferred, Reply])

@@ -27,6 +27,7 @@ Deferred.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from twisted.internet import defer
@@ -58,6 +59,16 @@ def _has_internals() -> bool:
 
 #: Whether :class:`Reply` takes its short path (False: a plain Deferred).
 FAST_PATH = _has_internals()
+
+
+def _init_sets_only_callbacks_and_canceller() -> bool:
+    probe: Deferred[None] = Deferred(lambda d: None)
+    return FAST_PATH and set(vars(probe)) == {"_callbacks", "_canceller"}
+
+
+# Deferred.__init__ sets these two attributes (and debug information when
+# Deferred.debug is on); a Reply sets them itself when that is all it would do.
+_LEAN_INIT = _init_sets_only_callbacks_and_canceller()
 
 
 # Deferred is an ABC (it derives from Awaitable), so ``isinstance(x, Deferred)`` runs
@@ -93,7 +104,22 @@ _PASSTHROUGH_PAIR: Any = (_PASSTHROUGH, _PASSTHROUGH)
 
 
 class Reply(Deferred[T]):
-    """A Deferred that fires its one plain callback without Twisted's general loop."""
+    """A Deferred that fires its one plain callback without Twisted's general loop.
+
+    ``opaque`` is the request's opaque, for the connection's canceller.
+    """
+
+    __slots__ = ("opaque",)
+
+    def __init__(
+        self, canceller: Callable[[Deferred[Any]], None] | None = None, opaque: int = 0
+    ) -> None:
+        self.opaque = opaque
+        if _LEAN_INIT and not self.debug:  # Deferred.__init__'s work, without a call
+            self._callbacks = []
+            self._canceller = canceller
+        else:
+            super().__init__(canceller)
 
     def callback(self, result: T | Deferred[T] | Failure) -> None:
         callbacks = self._callbacks
@@ -115,18 +141,18 @@ class Reply(Deferred[T]):
                 self._runningCallbacks = True
                 value: Any
                 try:
-                    if kwargs:
-                        value = function(result, *args, **kwargs)  # type: ignore[operator]
-                    else:  # ** of Twisted's empty MappingProxyType builds a dict: skipped
-                        value = function(result, *args)  # type: ignore[operator]
+                    # ** of Twisted's empty MappingProxyType would build a dict: skipped.
+                    value = (
+                        function(result, *args, **kwargs)  # type: ignore[operator]
+                        if kwargs
+                        else function(result, *args)  # type: ignore[operator]
+                    )
                 except BaseException:
                     value = Failure(captureVars=self.debug)  # type: ignore[no-untyped-call]
                 finally:
                     self._runningCallbacks = False
                 self.result = value
-                if callbacks or (
-                    type(value) not in _PLAIN_TYPES and is_deferred_or_failure(value)
-                ):
+                if callbacks or (type(value) not in _PLAIN_TYPES and is_deferred_or_failure(value)):
                     # Twisted's loop takes it from here, as if it had made the call.
                     callbacks.insert(0, _PASSTHROUGH_PAIR)
                     self._runCallbacks()

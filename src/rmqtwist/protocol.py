@@ -159,6 +159,7 @@ class RemotingProtocol(LengthPrefixed, TimeoutMixin):
         self._waiting: dict[Deferred[Permit], Permits] = {}
         self._processing: set[RequestContext] = set()
         self._next_opaque = 1
+        self._cancel_reply = self._cancel_reply  # type: ignore[method-assign]  # bound once
         self._paused_reading = False
         self._held_permits: list[Permit] = []
 
@@ -441,13 +442,8 @@ class RemotingProtocol(LengthPrefixed, TimeoutMixin):
             dispatcher.calls_failed += 1
             return fail(e)
 
-        def cancel(_: Deferred[RemotingCommand]) -> None:
-            entry = self._pending.pop(opaque, None)
-            if entry is not None:
-                entry[5].release()
-                self._forget_deadline()
-
-        deferred: Deferred[RemotingCommand] = Reply(cancel)  # a Deferred, fired faster
+        # A Deferred, fired faster; cancelling it runs _cancel_reply (bound once).
+        deferred: Reply[RemotingCommand] = Reply(self._cancel_reply, opaque)
         now = dispatcher.clock.seconds()
         deadline = now + timeout
         self._deadline_sequence = sequence = self._deadline_sequence + 1
@@ -468,6 +464,16 @@ class RemotingProtocol(LengthPrefixed, TimeoutMixin):
                 dispatcher.calls_failed += 1
                 deferred.errback(self._send_failed(request, e))
         return deferred
+
+    def _cancel_reply(self, deferred: Deferred[RemotingCommand]) -> None:
+        # The canceller of every Reply this connection hands out: forget its entry.
+        assert isinstance(deferred, Reply)
+        opaque = deferred.opaque
+        entry = self._pending.get(opaque)
+        if entry is not None and entry[4] is deferred:
+            del self._pending[opaque]
+            entry[5].release()
+            self._forget_deadline()
 
     # -- deadlines of pending requests: one timer per connection -------------------------
 
@@ -674,8 +680,10 @@ class RemotingProtocol(LengthPrefixed, TimeoutMixin):
             return
         # Deferred is an ABC: isinstance() is a Python-level call, skipped for the
         # usual results.
-        if result is not None and type(result) is not RemotingCommand and isinstance(
-            result, Deferred
+        if (
+            result is not None
+            and type(result) is not RemotingCommand
+            and isinstance(result, Deferred)
         ):
             result.addCallbacks(context._complete, context._fail)
         else:

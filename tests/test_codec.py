@@ -629,3 +629,16 @@ def test_encode_frame_overrides_equal_a_replaced_command(
                 encode_frame(command, stype, opaque=opaque, flag=flag)
             continue
         assert encode_frame(command, stype, opaque=opaque, flag=flag) == expected
+
+
+@given(commands(ROCKETMQ), st.booleans())
+def test_binary_frame_packed_at_once_is_prefix_header_and_body(
+    command: RemotingCommand, without_ext: bool
+) -> None:
+    # A ROCKETMQ command without ext_fields is packed in one go, remark and all: the
+    # frame must be the prefix words, the header as encode_header writes it, the body.
+    if without_ext:
+        command = command.replace(ext_fields=None)
+    header = encode_header(command)
+    prefix = struct.pack(">ii", 4 + len(header) + len(command.body), (1 << 24) | len(header))
+    assert encode_frame(command) == prefix + header + command.body

@@ -54,6 +54,11 @@ _BIN_FIXED = struct.Struct(">hBhiii")
 _BIN_FIXED_SIZE = _BIN_FIXED.size  # 17; with the ext length that follows, 21
 _BIN_FIXED_EXT = struct.Struct(">hBhiiii")  # the same, plus the int32 after a 0 remark length
 
+# A whole ROCKETMQ frame up to the remark: the two prefix words and the fixed header.
+_FRAME_BIN = struct.Struct(">iihBhiii")
+# ... and, for a command with no remark and no ext_fields, the two zero lengths too.
+_FRAME_BIN_BARE = struct.Struct(">iihBhiiii")
+_BIN_TYPE_WORD = 1 << 24  # ROCKETMQ in the serialize-type word, header length 0
 _JSON = SerializeType.JSON
 _ROCKETMQ = SerializeType.ROCKETMQ
 _SERIALIZE_TYPES: dict[int, SerializeType] = {t.value: t for t in SerializeType}
@@ -423,6 +428,10 @@ def encode_frame(
     if stype == _JSON:
         header = _encode_json_header(command, opaque, flag)
     elif stype == _ROCKETMQ:
+        if not command.ext_fields:
+            frame = _encode_bare_binary_frame(command, opaque, flag)
+            if frame is not None:
+                return frame
         header = _encode_binary_header(command, opaque, flag)
     else:
         raise EncodeError(f"unknown serialize type {stype!r}")
@@ -434,6 +443,53 @@ def encode_frame(
     if total > _INT32_MAX:
         raise EncodeError(f"frame of {total} bytes exceeds the int32 length prefix")
     return _PREFIX.pack(total, (stype << 24) | header_len) + header + body
+
+
+def _encode_bare_binary_frame(command: RemotingCommand, opaque: int, flag: int) -> bytes | None:
+    """The whole ROCKETMQ frame of a command without ext_fields, packed at once; None
+    when a value is out of range (the general path then names it) or the remark is
+    not plain UTF-8."""
+    remark = command.remark
+    body = command.body
+    try:
+        if not remark:
+            return (
+                _FRAME_BIN_BARE.pack(
+                    25 + len(body),
+                    _BIN_TYPE_WORD | 21,
+                    command.code,
+                    command.language,
+                    command.version,
+                    opaque,
+                    flag,
+                    0,
+                    0,
+                )
+                + body
+            )
+        text = remark.encode("utf-8")
+        header_len = 21 + len(text)
+        if header_len > _HEADER_LENGTH_MAX:
+            return None
+        return b"".join(
+            (
+                _FRAME_BIN.pack(
+                    4 + header_len + len(body),
+                    _BIN_TYPE_WORD | header_len,
+                    command.code,
+                    command.language,
+                    command.version,
+                    opaque,
+                    flag,
+                    len(text),
+                ),
+                text,
+                b"\x00\x00\x00\x00",
+                body,
+            )
+        )
+    except (struct.error, UnicodeEncodeError):
+        return None
 
 
 def decode_header(header: bytes, serialize_type: int) -> RemotingCommand:

@@ -564,7 +564,8 @@ class RemotingProtocol(LengthPrefixed, TimeoutMixin):
         Waits up to ``timeout`` for a oneway permit (TooManyRequestsError after that).
         Raises ValueError at once for a negative ``timeout``.
         """
-        _check_timeout(timeout)
+        if not timeout >= 0:
+            _check_timeout(timeout)
         if not self.is_connected or self.is_closing:
             self.dispatcher.calls_failed += 1
             return fail(self._not_open())
@@ -598,14 +599,22 @@ class RemotingProtocol(LengthPrefixed, TimeoutMixin):
             dispatcher = self.dispatcher
             if dispatcher.hooks:
                 request = dispatcher.before_request(self.remote_address, request)
+            opaque = self._next_opaque
+            if opaque < _INT32_MAX and opaque not in self._pending:
+                self._next_opaque = opaque + 1
+            else:
+                opaque = self._allocate_opaque()
             frame = encode_frame(
                 request,
                 dispatcher.serialize_type,
-                opaque=self._allocate_opaque(),
+                opaque=opaque,
                 flag=(request.flag | FLAG_ONEWAY) & ~FLAG_RESPONSE,
             )
-            try:
-                self.write_frame(frame)
+            try:  # write_frame's work, inlined
+                self.activity += 1
+                if self.timeOut is not None:
+                    self.resetTimeout()  # type: ignore[no-untyped-call]
+                self.transport.write(frame)  # type: ignore[union-attr]
             except Exception as e:
                 raise self._send_failed(request, e) from e
         except BaseException:

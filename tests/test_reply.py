@@ -271,7 +271,6 @@ class Proxy:
         Failure(Boom()),
         Proxy(Deferred()),
         Proxy(1),
-        Proxy(Deferred()),
     ],
 )
 def test_is_deferred_or_failure_answers_as_isinstance(value: object) -> None:

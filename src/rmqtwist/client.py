@@ -650,14 +650,11 @@ class RemotingClient(Registrar):
         if address is not None:
             connection = self._connections.get(address)
             if connection is not None and connection.is_writable:
-                permits = self._async_permits
-                if timeout >= 0 and permits.in_use < permits.limit and not permits._waiters:
+                if timeout >= 0 and self._async_permits.take():
                     # The fast path: what connection.invoke would do after its checks
-                    # (a writable connection is open and not closing), with
-                    # Permits.take inlined.
-                    permits.in_use += 1
+                    # (a writable connection is open and not closing).
                     self._requests += 1
-                    return connection._send_request(request, timeout, permits)
+                    return connection._send_request(request, timeout, self._async_permits)
                 deferred = connection.invoke(request, timeout)  # ValueError for a bad timeout
                 self._requests += 1
                 return deferred

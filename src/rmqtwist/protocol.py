@@ -344,11 +344,7 @@ class RemotingProtocol(LengthPrefixed, TimeoutMixin):
         if entry is None:
             self._late_response(command)
             return
-        permits = entry[5]
-        if type(permits) is Permits and not permits._waiters:
-            permits.in_use -= 1  # Permits.release, inlined for its usual case
-        else:
-            permits.release()
+        entry[5].release()
         if not pending or len(self._deadlines) > 2 * len(pending) + 64:
             self._forget_deadline()  # the heap emptied, or a compaction is due
         dispatcher = self.dispatcher

@@ -1258,7 +1258,8 @@ class Bench:
         """One load row. With the rmqtwist client and ``--pin split`` it runs twice, the
         second time with the two CPUs swapped, and reports the mean of the two: the CPUs
         of a VM need not be equally fast (see :func:`cpu_speeds`), and a comparison of
-        the client's CPU with the server's must not depend on which one got the faster."""
+        the client's CPU with the server's must not depend on which one got the faster.
+        ``--repeat N`` makes that N pairs of runs, the placements alternating."""
         swap = (
             client == "rmqtwist"
             and self.server is not None  # a server of ours: its affinity is ours to set
@@ -1282,9 +1283,9 @@ class Bench:
             result, _ = once()
         else:
             runs = []
-            for _ in range(2):  # as pinned, then swapped
+            for _ in range(2 * self.args.repeat):  # as pinned, then swapped, ...
                 runs.append(once())
-                self.swap_cpus()  # twice in all: the placement ends as it began
+                self.swap_cpus()  # an even number of times: it ends as it began
             result = _mean_of_placements(runs)
         if target is not None:
             _judge(result, *target)
@@ -1873,10 +1874,11 @@ def print_cpu_table(results: list[Result]) -> None:
     print("-" * len(header))
     if any("placements" in r.extra for r in results):
         placements = next(r.extra["placements"] for r in results if "placements" in r.extra)
+        runs = "two runs" if len(placements) == 2 else f"{len(placements)} runs"
         print(
-            "  (each row: the mean of two runs, server on CPU "
+            f"  (each row: the mean of {runs}, server on CPU "
             f"{placements[0]['server_cpus']} and client on CPU {placements[0]['client_cpus']}"
-            ", then swapped; 'each placement' gives the two runs' cli/srv)"
+            ", then swapped, and so on; 'each placement' gives each run's cli/srv)"
         )
     for r in results:
         if r.client != "rmqtwist":
@@ -1976,6 +1978,15 @@ def _parser() -> argparse.ArgumentParser:
         help="CPU affinity: split (default): the server on the first CPU, the clients on "
         "the others; none: the OS decides (run to run, p50 at 1 in flight then varies "
         "with whether both land on one CPU); same: all on the first CPU",
+    )
+    add(
+        "--repeat",
+        type=int,
+        default=1,
+        metavar="N",
+        help="with --client rmqtwist and --pin split: run each row N times each way round "
+        "(default 1: once with the server on the first CPU, once swapped) and report the "
+        "mean; at 1 in flight one pair's cli/srv moves by about 0.05",
     )
     add("--drain-timeout", type=float, default=10.0, help="seconds to wait for late answers")
     add("--json", metavar="FILE", help="also write the results as JSON to FILE")
@@ -2104,8 +2115,10 @@ def _check(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
         parser.error("--client-profile profiles one run: not with --suite")
     if args.connections is None:
         args.connections = 1 if args.client == "rmqtwist" else 4
-    if args.connections < 1 or args.client_procs < 1:
-        parser.error("--connections and --client-procs must be at least 1")
+    if args.connections < 1 or args.client_procs < 1 or args.repeat < 1:
+        parser.error("--connections, --client-procs and --repeat must be at least 1")
+    if args.repeat > 1 and (args.client != "rmqtwist" or args.pin != "split"):
+        parser.error("--repeat repeats the swapped placements: --client rmqtwist --pin split")
     if not args.oneway and not args.suite and not args.in_flight >= 1:
         parser.error("--in-flight must be at least 1")
     if args.duration <= 0 or args.warmup < 0 or args.body_size < 0 or args.ext_fields < 0:

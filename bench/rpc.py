@@ -1977,7 +1977,8 @@ def _parser() -> argparse.ArgumentParser:
         default="split",
         help="CPU affinity: split (default): the server on the first CPU, the clients on "
         "the others; none: the OS decides (run to run, p50 at 1 in flight then varies "
-        "with whether both land on one CPU); same: all on the first CPU",
+        "with whether both land on one CPU); same: all on the first CPU (the two CPU per "
+        "request columns then come out equal whatever each side does: see bench/README.md)",
     )
     add(
         "--repeat",

@@ -1977,8 +1977,9 @@ def _parser() -> argparse.ArgumentParser:
         default="split",
         help="CPU affinity: split (default): the server on the first CPU, the clients on "
         "the others; none: the OS decides (run to run, p50 at 1 in flight then varies "
-        "with whether both land on one CPU); same: all on the first CPU (the two CPU per "
-        "request columns then come out equal whatever each side does: see bench/README.md)",
+        "with whether both land on one CPU); same: all on the first CPU (its two CPU per "
+        "request columns come out about equal even when one side does a few us more: see "
+        "bench/README.md)",
     )
     add(
         "--repeat",

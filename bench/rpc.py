@@ -2119,8 +2119,11 @@ def _check(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
         args.connections = 1 if args.client == "rmqtwist" else 4
     if args.connections < 1 or args.client_procs < 1 or args.repeat < 1:
         parser.error("--connections, --client-procs and --repeat must be at least 1")
-    if args.repeat > 1 and (args.client != "rmqtwist" or args.pin != "split"):
-        parser.error("--repeat repeats the swapped placements: --client rmqtwist --pin split")
+    if args.repeat > 1 and (args.client != "rmqtwist" or args.pin != "split" or args.connect):
+        parser.error(
+            "--repeat repeats the swapped placements: --client rmqtwist --pin split, "
+            "with the benchmark's own server (not --connect)"
+        )
     if not args.oneway and not args.suite and not args.in_flight >= 1:
         parser.error("--in-flight must be at least 1")
     if args.duration <= 0 or args.warmup < 0 or args.body_size < 0 or args.ext_fields < 0:

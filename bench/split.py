@@ -125,11 +125,22 @@ def split_run(args: argparse.Namespace, stype: str) -> list[dict[str, Any]]:
     return runs
 
 
-def ratio(runs: list[dict[str, Any]], what: str) -> float:
-    """Ratio of the client's mean to the server's."""
-    client = statistics.fmean(run[f"client_{what}"] for run in runs)
-    server = statistics.fmean(run[f"server_{what}"] for run in runs)
-    return client / server
+def print_row(label: str, cpus: str, runs: list[dict[str, Any]]) -> None:
+    """One line of the table: the means of ``runs`` (one run, or all of a format's)."""
+
+    def mean(key: str) -> float:
+        return statistics.fmean(run[key] for run in runs)
+
+    def ratio(what: str) -> float:
+        return mean(f"client_{what}") / mean(f"server_{what}")
+
+    print(
+        f"{label:<9} {cpus:>8} {mean('client_us_per_req'):>7.1f} "
+        f"{mean('server_us_per_req'):>7.1f} {ratio('us_per_req'):>7.3f} "
+        f"{mean('client_proto_us'):>9.2f} {mean('server_proto_us'):>9.2f} "
+        f"{ratio('proto_us'):>6.3f} {mean('client_rest_us'):>8.1f} "
+        f"{mean('server_rest_us'):>8.1f} {ratio('rest_us'):>6.3f}"
+    )
 
 
 def main() -> None:
@@ -159,26 +170,13 @@ def main() -> None:
     for stype in args.serialize_type or ["json", "rocketmq"]:
         runs = split_run(args, stype)
         everything += runs
-        for run in [*runs, None]:
-            if run is None:
-                label, cpus, shown = "mean", "", runs
-                mean = {
-                    key: statistics.fmean(r[key] for r in runs)
-                    for key in runs[0]
-                    if key.endswith("_us") or key.endswith("_per_req")
-                }
-            else:
-                label, cpus, shown, mean = stype, str(run["client_cpus"]), [run], run
-            print(
-                f"{label:<9} {cpus:>8} {mean['client_us_per_req']:>7.1f} "
-                f"{mean['server_us_per_req']:>7.1f} {ratio(shown, 'us_per_req'):>7.3f} "
-                f"{mean['client_proto_us']:>9.2f} {mean['server_proto_us']:>9.2f} "
-                f"{ratio(shown, 'proto_us'):>6.3f} {mean['client_rest_us']:>8.1f} "
-                f"{mean['server_rest_us']:>8.1f} {ratio(shown, 'rest_us'):>6.3f}"
-            )
-    print(json.dumps({"in_flight": args.in_flight, "runs": everything}))
+        for run in runs:
+            print_row(stype, str(run["client_cpus"]), [run])
+        print_row("mean", "", runs)
+    result = json.dumps({"in_flight": args.in_flight, "runs": everything})
+    print(result)
     if args.json:
-        Path(args.json).write_text(json.dumps({"in_flight": args.in_flight, "runs": everything}))
+        Path(args.json).write_text(result)
 
 
 if __name__ == "__main__":

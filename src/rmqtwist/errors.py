@@ -2,6 +2,8 @@
 
 ``RemotingError`` is the root. ``ProtocolError`` and its subclasses mean the *peer* sent
 bytes that are not a valid frame: the only safe reaction is to close that connection.
+``MalformedMessage`` is the one for a frame *body* that should hold stored messages or a
+batch and does not.
 ``EncodeError`` means a command of ours cannot be put on the wire as asked, and
 ``HeaderError`` that ext_fields do not make the typed custom header asked for.
 ``RemotingCallError`` and its subclasses say why a request we sent got no response;
@@ -26,6 +28,7 @@ __all__ = [
     "FrameTooLarge",
     "HeaderError",
     "MalformedFrame",
+    "MalformedMessage",
     "NoNameServerError",
     "ProtocolError",
     "RPCHookAbort",
@@ -68,6 +71,12 @@ class FrameTooLarge(ProtocolError):
 
 class MalformedFrame(ProtocolError):
     """A frame whose lengths disagree, or whose header cannot be decoded."""
+
+
+class MalformedMessage(ProtocolError):
+    """Stored-message records (a pull body) or a batch body whose lengths lie, whose magic
+    code is unknown or that is cut short; or a body compressed in a way we cannot inflate.
+    The message says which field, and at which byte."""
 
 
 class WrongProtocol(ProtocolError):

@@ -10,6 +10,7 @@ __all__ = [
     "CheckTransactionStateRequestHeader",
     "ConsumerSendMsgBackRequestHeader",
     "CreateTopicRequestHeader",
+    "DeleteTopicRequestHeader",
     "EndTransactionRequestHeader",
     "GetConsumerListByGroupRequestHeader",
     "GetMaxOffsetRequestHeader",
@@ -333,6 +334,14 @@ class CreateTopicRequestHeader(CommandHeader):
     attributes: str | None = None  # J5
     #: J5 ``Boolean force = false``: written always, absent reads as False.
     force: bool = field(default=False, metadata=wire(required=False))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeleteTopicRequestHeader(CommandHeader):
+    """DELETE_TOPIC_IN_BROKER (215) and DELETE_TOPIC_IN_NAMESRV (216), admin -> broker / name
+    server (Java ``DeleteTopicRequestHeader``)."""
+
+    topic: str
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

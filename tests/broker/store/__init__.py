@@ -1,0 +1,1 @@
+"""Tests of the dev broker's message stores."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.logger import LogEvent, Logger, formatEvent
 
@@ -48,6 +49,14 @@ def put(store: Any, topic: str = "T", queue_id: int = 0, body: bytes = b"hello",
     tags = kw.get("tags", "TagA")
     record = make_record(topic, queue_id, body, **kw)
     return store.append(topic, queue_id, record, tag_hash(tags), kw.get("store_timestamp", 1_000))
+
+
+def fired(d: Deferred[Any]) -> Any:
+    """The result (or Failure) of a Deferred that has already fired."""
+    results: list[Any] = []
+    d.addBoth(results.append)
+    assert results, "the Deferred has not fired"
+    return results[0]
 
 
 class ThreadlessReactor(Clock):

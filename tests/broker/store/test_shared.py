@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from zope.interface.verify import verifyObject
 
@@ -23,17 +22,9 @@ from rmqtwist.broker.store import (
 from rmqtwist.broker.store._common import SCAN_LIMIT
 from rmqtwist.message import decode_records, tag_hash
 
-from .helpers import make_record, put
+from .helpers import fired, make_record, put
 
 EVERYTHING = 1 << 30
-
-
-def fired(d: Deferred[Any]) -> Any:
-    """The result of a Deferred that has already fired."""
-    results: list[Any] = []
-    d.addBoth(results.append)
-    assert results, "the Deferred has not fired"
-    return results[0]
 
 
 @pytest.fixture(params=["memory", "disk"])

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from rmqtwist.command import RemotingCommand
 
 __all__ = [
+    "BodyError",
     "CircuitOpenError",
     "ClientClosedError",
     "ConnectBackoffError",
@@ -105,6 +106,10 @@ class HeaderError(RemotingError, ValueError):
         super().__init__(f"{header}.{field}: {message}")
         self.header = header
         self.field = field
+
+
+class BodyError(RemotingError, ValueError):
+    """A request's body is not what its code needs (not JSON, a field missing, ...)."""
 
 
 class RemotingCallError(RemotingError):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from rmqtwist.errors import HeaderError
+from rmqtwist.errors import BodyError
 
 __all__ = ["dumps", "loads"]
 
@@ -19,8 +19,8 @@ def dumps(value: Any) -> bytes:
 
 
 def loads(body: bytes, what: str) -> Any:
-    """Parse a request body; a :class:`HeaderError` naming ``what`` when it is not JSON."""
+    """Parse a request body; :class:`~rmqtwist.errors.BodyError` naming ``what`` if not JSON."""
     try:
         return json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as e:
-        raise HeaderError(f"the {what} body is not valid JSON: {e}") from None
+        raise BodyError(f"the {what} body is not valid JSON: {e}") from None

@@ -124,7 +124,7 @@ class AdminProcessor(BrokerProcessor):
         table = {
             "brokerVersion": str(BROKER_VERSION),
             "brokerVersionDesc": "V4_9_8",
-            "rmqtwistVersion": __version__,
+            "rmqtwistVersion": __version__.public(),
             "bootTimestamp": str(int(broker.boot_time * 1000)),
             "runtime": f"{int(now - broker.boot_time)} seconds",
             "msgPutTotalTodayNow": str(broker.messages_put),

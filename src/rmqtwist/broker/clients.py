@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
 
-from rmqtwist.errors import HeaderError
+from rmqtwist.errors import BodyError
 from rmqtwist.message import tag_hash
 
 if TYPE_CHECKING:
@@ -132,12 +132,12 @@ def _enum(value: Any, names: tuple[str, ...], default: str) -> str:
 
 
 def parse_heartbeat(data: Any) -> Heartbeat:
-    """Read a HeartbeatData JSON value; HeaderError when it is not one."""
+    """Read a HeartbeatData JSON value; BodyError when it is not one."""
     if not isinstance(data, dict):
-        raise HeaderError("the HEART_BEAT body is not a JSON object")
+        raise BodyError("the HEART_BEAT body is not a JSON object")
     client_id = data.get("clientID")
     if not isinstance(client_id, str) or not client_id:
-        raise HeaderError("the HEART_BEAT body has no clientID")
+        raise BodyError("the HEART_BEAT body has no clientID")
     producers = []
     for item in data.get("producerDataSet") or []:
         if isinstance(item, dict) and isinstance(item.get("groupName"), str):

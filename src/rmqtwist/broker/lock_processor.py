@@ -8,7 +8,7 @@ from rmqtwist.broker._json import dumps, loads
 from rmqtwist.broker.locks import MessageQueue
 from rmqtwist.broker.processors import BrokerProcessor, answer
 from rmqtwist.codes import RequestCode
-from rmqtwist.errors import HeaderError
+from rmqtwist.errors import BodyError
 
 if TYPE_CHECKING:
     from rmqtwist.command import RemotingCommand
@@ -20,14 +20,14 @@ __all__ = ["LockProcessor"]
 def _lock_body(body: bytes, what: str) -> tuple[str, str, list[MessageQueue]]:
     data: Any = loads(body, what)
     if not isinstance(data, dict):
-        raise HeaderError(f"the {what} body is not a JSON object")
+        raise BodyError(f"the {what} body is not a JSON object")
     client_id, group = data.get("clientId"), data.get("consumerGroup")
     if not isinstance(client_id, str) or not isinstance(group, str):
-        raise HeaderError(f"the {what} body needs clientId and consumerGroup")
+        raise BodyError(f"the {what} body needs clientId and consumerGroup")
     try:
         queues = [MessageQueue.from_json(item) for item in data.get("mqSet") or []]
     except (KeyError, TypeError, ValueError) as e:
-        raise HeaderError(f"the {what} body has a bad mqSet entry: {e}") from None
+        raise BodyError(f"the {what} body has a bad mqSet entry: {e}") from None
     return client_id, group, queues
 
 

@@ -11,7 +11,7 @@ from zope.interface import implementer
 
 from rmqtwist.codes import ResponseCode, Version
 from rmqtwist.command import RemotingCommand
-from rmqtwist.errors import HeaderError
+from rmqtwist.errors import BodyError, HeaderError
 from rmqtwist.interfaces import IRequestContext, IRequestProcessor
 
 if TYPE_CHECKING:
@@ -72,7 +72,7 @@ class BrokerProcessor:
             )
         try:
             return method(context, request)
-        except HeaderError as e:
+        except (HeaderError, BodyError) as e:
             return answer(request, ResponseCode.SYSTEM_ERROR, f"bad request: {e}")
 
     def reject_request(self) -> bool:

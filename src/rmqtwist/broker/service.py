@@ -110,6 +110,11 @@ class BrokerService(Service):
 
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
+        # Listen now, outside any Deferred, so that a port that cannot be listened on
+        # ends `twist` at once (the command-line server exits); connections are refused
+        # until the store is open and loaded.
+        self.server.startService()
+        self.factory.accepting = False
         ensureDeferred(self._start()).addCallbacks(self._start_done, self._start_failed)
 
     def _start_done(self, _: object) -> None:
@@ -141,7 +146,7 @@ class BrokerService(Service):
                 lambda failure: _log.failure("A broker timer failed", failure)
             )
             self._loops.append(loop)
-        self.server.startService()
+        self.factory.accepting = True
         ports = await self.server.when_listening()
         self._announce(ports)
 

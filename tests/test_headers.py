@@ -26,6 +26,7 @@ from rmqtwist.headers import (
     CommandHeader,
     ConsumerSendMsgBackRequestHeader,
     CreateTopicRequestHeader,
+    DeleteTopicRequestHeader,
     EndTransactionRequestHeader,
     GetConsumerListByGroupRequestHeader,
     GetMaxOffsetRequestHeader,
@@ -378,6 +379,8 @@ def _concrete_header_classes() -> list[type[CommandHeader]]:
         and obj is not CommandHeader
     ]
 
+
+FULL.append((DeleteTopicRequestHeader(topic="T"), {"topic": "T"}))
 
 FULL_IDS = [type(header).__name__ for header, _ in FULL]
 MINIMAL_IDS = [type(header).__name__ for _, header in MINIMAL]

@@ -1,6 +1,6 @@
 """``python -m rmqtwist call`` as a subprocess against a real ``twist rmq-remoting``.
 
-The servers (one with the default processors: echo, and stats for code 28; one with
+The servers (one with the echo server's processors: echo, and stats for code 28; one with
 only stats) run on free 127.0.0.1 ports for the whole module and are stopped in
 teardown, as in tests/test_twist_integration.py, whose helpers are reused.
 """
@@ -25,11 +25,12 @@ PREFIX = "python -m rmqtwist call: error: "
 
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Twist]]:
-    """``{"default": ..., "stats": ...}``: default processors, and ``--processor stats``."""
+    """``{"default": ..., "stats": ...}``: ``--processor echo`` (echo, and stats for code
+    28), and ``--processor stats``."""
     logs = tmp_path_factory.mktemp("twist")
     started: dict[str, Twist] = {}
     try:
-        started["default"] = Twist(logs / "default.log")
+        started["default"] = Twist(logs / "default.log", "--processor", "echo")
         started["stats"] = Twist(logs / "stats.log", "--processor", "stats")
         for server in started.values():
             server.wait_listening()

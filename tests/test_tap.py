@@ -4,6 +4,7 @@ makeService builds from them. Nothing listens here."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,6 +12,9 @@ from twisted.python import usage
 from zope.interface import implementer
 
 from rmqtwist import RemotingCommand, ResponseCode, SerializeType
+from rmqtwist.broker.config import BrokerConfig
+from rmqtwist.broker.service import BrokerService
+from rmqtwist.broker.store import DiskStore, MemoryStore
 from rmqtwist.interfaces import IRequestContext, IRequestProcessor, IRPCHook
 from rmqtwist.processors import (
     EchoProcessor,
@@ -22,7 +26,14 @@ from rmqtwist.processors import (
     stats_plugin,
 )
 from rmqtwist.server import RemotingServer
-from rmqtwist.tap import DEFAULT_PROCESSORS, Options, ProcessorChoice, makeService, parse_code
+from rmqtwist.tap import (
+    DEFAULT_PROCESSORS,
+    Options,
+    ProcessorChoice,
+    broker_config,
+    makeService,
+    parse_code,
+)
 
 # ---------------------------------------------------------------------------
 # Things for dotted paths to point at
@@ -87,36 +98,96 @@ def usage_error(*argv: str) -> str:
 
 def test_defaults() -> None:
     options = parse()
-    assert options["listen"] == ["tcp:10911"]
+    assert options["listen"] == ["tcp:10911:interface=127.0.0.1"]
     assert options["port"] is None
     assert options["idle-timeout"] == 120.0
     assert options["max-connections"] == 1000
     assert options["shutdown-timeout"] == 30.0
     assert options["serialize-type"] is SerializeType.JSON
     assert options["processors"] == [] and options["hooks"] == []
+    assert options.broker_mode
+    assert options.processor_choices == []
+    config = broker_config(options)
+    assert config == BrokerConfig()
+    assert options["data-dir"] is None
+
+
+def test_echo_alone_is_the_echo_server_with_stats() -> None:
+    options = parse("--processor", "echo")
+    assert not options.broker_mode
     assert options.processor_choices == list(DEFAULT_PROCESSORS)
     echo, stats = options.processor_choices
     assert (echo.plugin, echo.codes) == (echo_plugin, ())
     assert (stats.plugin, stats.codes) == (stats_plugin, (28,))
+    # another processor for 28: no stats added
+    mine = parse("--processor", "echo", "--processor", "28=echo").processor_choices
+    assert [c.codes for c in mine] == [(), (28,)]
 
 
-def test_help_states_the_default_processors() -> None:
+def test_help_states_the_defaults() -> None:
     text = " ".join(str(Options()).split())  # undo the wrapping
-    assert "echo as the default processor" in text
-    assert "GET_BROKER_RUNTIME_INFO (28)" in text
+    assert "[default: none: the dev broker runs]" in text
+    assert "--processor echo" in text
+    assert "127.0.0.1" in text
     assert "[default: 10911" in text
+    assert "twist --log-format=text rmq-remoting" in text
 
 
 def test_port() -> None:
-    assert parse("--port", "1234")["listen"] == ["tcp:1234"]
-    assert parse("-p", "0")["listen"] == ["tcp:0"]
+    assert parse("--port", "1234")["listen"] == ["tcp:1234:interface=127.0.0.1"]
+    assert parse("-p", "0")["listen"] == ["tcp:0:interface=127.0.0.1"]
+    assert parse("-p", "0", "--all-interfaces")["listen"] == ["tcp:0"]
+    assert parse("--all-interfaces")["listen"] == ["tcp:10911"]
 
 
 def test_listen_is_repeatable_and_replaces_the_default_port() -> None:
     options = parse("--listen", "tcp:0:interface=127.0.0.1", "-l", "unix:/tmp/rmq.sock")
     assert options["listen"] == ["tcp:0:interface=127.0.0.1", "unix:/tmp/rmq.sock"]
     both = parse("--listen", "tcp6:9876", "--port", "10911")
-    assert both["listen"] == ["tcp:10911", "tcp6:9876"]
+    assert both["listen"] == ["tcp:10911:interface=127.0.0.1", "tcp6:9876"]
+
+
+def test_broker_options() -> None:
+    options = parse(
+        "--advertise",
+        "mq.example:9876",
+        "--no-auto-create-topic",
+        "--broker-name",
+        "b1",
+        "--cluster-name",
+        "C",
+        "--transaction-timeout",
+        "2",
+        "--transaction-check-interval",
+        "0.5",
+    )
+    config = broker_config(options)
+    assert config.advertise == "mq.example:9876"
+    assert not config.auto_create_topic
+    assert (config.broker_name, config.cluster_name) == ("b1", "C")
+    assert (config.transaction_timeout, config.transaction_check_interval) == (2.0, 0.5)
+    disk = parse("--data-dir", "/tmp/x", "--flush", "SYNC", "--flush-interval", "0.1")
+    assert (disk["data-dir"], disk["flush"], disk["flush-interval"]) == ("/tmp/x", "sync", 0.1)
+    assert parse("--max-store-bytes", "4096")["max-store-bytes"] == 4096
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (("--advertise", "nohost"), "--advertise must be host:port, not 'nohost'"),
+        (("--advertise", "h:99999"), "--advertise must be host:port"),
+        (("--flush", "sometimes"), "--flush must be sync or async, not 'sometimes'"),
+        (("--flush", "sync"), "--flush needs --data-dir"),
+        (("--flush-interval", "1"), "--flush-interval needs --data-dir"),
+        (("--data-dir", ""), "--data-dir needs a directory"),
+        (("--max-store-bytes", "10"), "--max-store-bytes must be at least 1024"),
+        (("--broker-name", " "), "--broker-name must not be empty"),
+        (("--processor", "echo", "--data-dir", "d"), "--data-dir configure the broker"),
+        (("--listen", "tcp:0", "--all-interfaces"), "--all-interfaces applies to --port"),
+    ],
+)
+def test_bad_broker_options(argv: tuple[str, ...], expected: str) -> None:
+    assert expected in usage_error(*argv)
 
 
 @pytest.mark.parametrize(
@@ -271,8 +342,24 @@ def test_under_twist_a_usage_error_is_one_line_and_status_2(
 # ---------------------------------------------------------------------------
 
 
-def test_make_service_default() -> None:
-    server = makeService(parse("--listen", "tcp:0:interface=127.0.0.1", "--idle-timeout", "0"))
+def test_make_service_default_is_the_broker(tmp_path: Path) -> None:
+    service = makeService(parse("--listen", "tcp:0:interface=127.0.0.1", "--hook", "log"))
+    assert isinstance(service, BrokerService)
+    assert not service.running and service.server.ports == []
+    assert isinstance(service.store, MemoryStore)
+    dispatcher = service.factory.dispatcher
+    assert [type(hook) for hook in dispatcher.hooks] == [LoggingHook]
+    for code in (10, 11, 14, 15, 28, 34, 36, 37, 41, 105, 310, 320, 361):
+        assert code in dispatcher.processor_codes
+    assert dispatcher.processor_for(12345) is None
+    disk = makeService(parse("-p", "0", "--data-dir", str(tmp_path), "--flush", "sync"))
+    assert isinstance(disk, BrokerService) and isinstance(disk.store, DiskStore)
+
+
+def test_make_service_echo() -> None:
+    server = makeService(
+        parse("--listen", "tcp:0:interface=127.0.0.1", "--idle-timeout", "0", "--processor", "echo")
+    )
     assert type(server) is RemotingServer
     assert not server.running and server.ports == []
     dispatcher = server.factory.dispatcher
@@ -305,6 +392,7 @@ def test_make_service_with_choices() -> None:
             "rocketmq",
         )
     )
+    assert isinstance(server, RemotingServer)
     dispatcher = server.factory.dispatcher
     assert dispatcher.processor_codes == [11, 28, 77]
     assert dispatcher.processor_for(105) is None  # no default: REQUEST_CODE_NOT_SUPPORTED

@@ -27,7 +27,7 @@ from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.task import deferLater
 
-from rmqtwist import RemotingCommand, ResponseCode, SerializeType
+from rmqtwist import RemotingCommand, RequestCode, ResponseCode, SerializeType
 from rmqtwist.codec import FrameDecoder, encode_frame
 from rmqtwist.dispatcher import Dispatcher
 from rmqtwist.protocol import RemotingProtocol
@@ -159,7 +159,7 @@ class Conn:
 
 
 def test_echo_stats_and_oneway_over_a_socket(start: Any) -> None:
-    server = start()
+    server = start("--processor", "echo")
     conn = Conn(server.port)
     try:
         conn.send(
@@ -242,7 +242,7 @@ async def test_remoting_protocol_client(start: Any) -> None:
 
 
 def test_sigterm_closes_connections_and_stops(start: Any) -> None:
-    server = start("--shutdown-timeout", "5")
+    server = start("--processor", "echo", "--shutdown-timeout", "5")
     conn = Conn(server.port)
     try:
         conn.send(RemotingCommand.request(105, opaque=1))
@@ -348,7 +348,7 @@ def ok(run: NodeRun) -> NodeRun:
 
 @pytest.mark.interop
 def test_ali_ons_echo_stats_and_oneway(start: Any, ali_ons: NodeEnv) -> None:
-    server = start()
+    server = start("--processor", "echo")
     run = ok(
         run_ons(
             ali_ons,
@@ -394,3 +394,51 @@ def test_ali_ons_unknown_code_gets_3(start: Any, ali_ons: NodeEnv) -> None:
     assert line["code"] == ResponseCode.REQUEST_CODE_NOT_SUPPORTED == 3
     assert line["remark"] == " request type 105 not supported"
     assert line["bodyPresent"] is False
+
+
+# ---------------------------------------------------------------------------
+# The dev broker (what runs without --processor)
+# ---------------------------------------------------------------------------
+
+
+def test_broker_by_default_sends_pulls_and_stops_promptly_with_a_held_pull(start: Any) -> None:
+    server = start("--shutdown-timeout", "20")
+    assert "give clients the name server address 127.0.0.1:" in server.log
+    conn = Conn(server.port)
+    try:
+        send = RemotingCommand.request(
+            RequestCode.SEND_MESSAGE_V2,
+            {"a": "PG", "b": "T", "c": "TBW102", "d": 4, "e": 0, "f": 0, "g": 1, "h": 0},
+            b"hello",
+            opaque=1,
+        )
+        pull = {
+            "consumerGroup": "CG",
+            "topic": "T",
+            "queueId": 0,
+            "maxMsgNums": 32,
+            "sysFlag": 6,
+            "commitOffset": 0,
+            "suspendTimeoutMillis": 15000,
+            "subVersion": 0,
+            "subscription": "*",
+        }
+        conn.send(
+            send,
+            RemotingCommand.request(RequestCode.PULL_MESSAGE, {**pull, "queueOffset": 0}, opaque=2),
+            RemotingCommand.request(RequestCode.PULL_MESSAGE, {**pull, "queueOffset": 1}, opaque=3),
+        )
+        sent, found = conn.receive(2)
+        assert (sent.opaque, sent.code, sent.ext("queueOffset")) == (1, OK, "0")
+        assert (found.opaque, found.code, found.ext("nextBeginOffset")) == (2, OK, "1")
+        assert b"hello" in found.body
+        started = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        (held,) = conn.receive()  # the held pull is answered, not left to time out
+        assert (held.opaque, held.code) == (3, ResponseCode.PULL_NOT_FOUND)
+        status = server.process.wait(timeout=STOP_TIMEOUT)
+        assert time.monotonic() - started < 10
+    finally:
+        conn.close()
+    assert status in (0, -signal.SIGTERM), server.log
+    assert "Traceback" not in server.log

@@ -22,6 +22,9 @@ from twisted.python import usage
 from twisted.python.reflect import namedAny
 from zope.interface import Interface
 
+from rmqtwist.broker.config import BrokerConfig
+from rmqtwist.broker.service import BrokerService
+from rmqtwist.broker.store import DiskStore, IMessageStore, MemoryStore
 from rmqtwist.codec import DEFAULT_MAX_FRAME_LENGTH
 from rmqtwist.codes import RequestCode, SerializeType, code_name
 from rmqtwist.interfaces import (
@@ -33,7 +36,14 @@ from rmqtwist.interfaces import (
 from rmqtwist.processors import ProcessorPlugin, RPCHookPlugin, echo_plugin, stats_plugin
 from rmqtwist.server import RemotingServer, RemotingServerFactory
 
-__all__ = ["DEFAULT_PORT", "Options", "ProcessorChoice", "makeService", "parse_code"]
+__all__ = [
+    "DEFAULT_PORT",
+    "Options",
+    "ProcessorChoice",
+    "broker_config",
+    "makeService",
+    "parse_code",
+]
 
 #: The port a RocketMQ broker listens on, used when neither --port nor --listen is given.
 DEFAULT_PORT = 10911
@@ -57,7 +67,7 @@ class ProcessorChoice:
         return tuple(int(code) for code in self.plugin.codes)
 
 
-#: What runs when no --processor is given: echo as the default, stats for code 28.
+#: The echo server's processors (``--processor echo``): echo as the default, stats for 28.
 DEFAULT_PROCESSORS = (
     ProcessorChoice("echo", echo_plugin),
     ProcessorChoice("stats", stats_plugin),
@@ -195,12 +205,16 @@ class Options(usage.Options):
 
     synopsis = "[options]"
     longdesc = (
-        "Run an Apache RocketMQ remoting server. Without --processor, requests with code "
-        "GET_BROKER_RUNTIME_INFO (28) get the 'stats' processor and every other request the "
-        "'echo' processor (SUCCESS with the request's ext_fields and body); with any "
-        "--processor, only the processors given answer and other codes get "
-        "REQUEST_CODE_NOT_SUPPORTED (3). --help-processors and --help-hooks list the "
-        "plugins found."
+        "Run the rmqtwist dev broker: an Apache RocketMQ name server and broker on one "
+        "port, which unmodified RocketMQ clients produce to and consume from (give them "
+        "this address as the name server). It keeps messages in memory unless --data-dir "
+        "is given, and listens on 127.0.0.1 only unless --all-interfaces is given. With "
+        "--processor, it is a plain remoting server instead: only the processors given "
+        "answer ('--processor echo' answers every request with its own ext_fields and "
+        "body) and other codes get REQUEST_CODE_NOT_SUPPORTED (3). --help-processors and "
+        "--help-hooks list the plugins found. When its output is not a terminal, twist "
+        "writes JSON log lines: 'twist --log-format=text rmq-remoting' keeps them plain "
+        "text."
     )
 
     def __init__(self) -> None:
@@ -216,6 +230,18 @@ class Options(usage.Options):
         self["hooks"] = []
         self["serialize-type"] = SerializeType.JSON
         self["shutdown-timeout"] = 30.0
+        self["all-interfaces"] = False
+        self["advertise"] = None
+        self["auto-create-topic"] = True
+        self["data-dir"] = None
+        self["flush"] = "async"
+        self["flush-interval"] = 0.5
+        self["max-store-bytes"] = 512 * 1024 * 1024
+        self["broker-name"] = "broker-a"
+        self["cluster-name"] = "DefaultCluster"
+        self["transaction-timeout"] = 6.0
+        self["transaction-check-interval"] = 60.0
+        self["broker-options-given"] = []
 
     def parseOptions(self, options: Sequence[str] | None = None) -> None:
         """Parse ``options``; under twist/twistd a usage error exits (see the module doc)."""
@@ -227,9 +253,89 @@ class Options(usage.Options):
             _exit_with_usage_error(e)
 
     def opt_port(self, port: str) -> None:
-        """TCP port to listen on, on all interfaces [default: 10911, unless --listen is
-        given]."""
+        """TCP port to listen on, on 127.0.0.1 (all interfaces with --all-interfaces)
+        [default: 10911, unless --listen is given]."""
         self["port"] = _number("port", port, int, 0, 65535)
+
+    def opt_all_interfaces(self) -> None:
+        """Listen on --port on every interface, not only 127.0.0.1: anyone who can reach
+        this machine can then produce and consume."""
+        self["all-interfaces"] = True
+
+    def _broker_option(self, name: str) -> None:
+        self["broker-options-given"].append(name)
+
+    def opt_advertise(self, address: str) -> None:
+        """host:port to name in topic routes and message ids [default: the address each
+        client connected to]."""
+        host, _, port = address.strip().rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise usage.UsageError(f"--advertise must be host:port, not {address!r}")
+        self["advertise"] = address.strip()
+        self._broker_option("advertise")
+
+    def opt_no_auto_create_topic(self) -> None:
+        """Refuse sends to topics that were not created first (UPDATE_AND_CREATE_TOPIC)
+        [default: a topic is created on its first send or subscription]."""
+        self["auto-create-topic"] = False
+        self._broker_option("no-auto-create-topic")
+
+    def opt_data_dir(self, path: str) -> None:
+        """Keep messages, consumer offsets and topics on disk in this directory (created
+        if missing) [default: in memory only]."""
+        if not path.strip():
+            raise usage.UsageError("--data-dir needs a directory")
+        self["data-dir"] = path
+        self._broker_option("data-dir")
+
+    def opt_flush(self, mode: str) -> None:
+        """With --data-dir: 'sync' answers a send only once it is fsynced (nothing
+        acknowledged is lost, even on power failure); 'async' fsyncs every
+        --flush-interval (a crash of the process loses nothing written; a power failure
+        may lose the last interval) [default: async]."""
+        mode = mode.strip().lower()
+        if mode not in ("sync", "async"):
+            raise usage.UsageError(f"--flush must be sync or async, not {mode!r}")
+        self["flush"] = mode
+        self._broker_option("flush")
+
+    def opt_flush_interval(self, seconds: str) -> None:
+        """With --flush async: seconds between fsyncs [default: 0.5]."""
+        self["flush-interval"] = _number("flush-interval", seconds, float, 0.001)
+        self._broker_option("flush-interval")
+
+    def opt_max_store_bytes(self, size: str) -> None:
+        """In memory: the most bytes of messages kept; past it the oldest messages of the
+        largest queues are dropped [default: 536870912 (512 MiB)]."""
+        self["max-store-bytes"] = _number("max-store-bytes", size, int, 1024)
+        self._broker_option("max-store-bytes")
+
+    def opt_broker_name(self, name: str) -> None:
+        """The broker's name in routes [default: broker-a]."""
+        if not name.strip():
+            raise usage.UsageError("--broker-name must not be empty")
+        self["broker-name"] = name.strip()
+        self._broker_option("broker-name")
+
+    def opt_cluster_name(self, name: str) -> None:
+        """The cluster's name in routes [default: DefaultCluster]."""
+        if not name.strip():
+            raise usage.UsageError("--cluster-name must not be empty")
+        self["cluster-name"] = name.strip()
+        self._broker_option("cluster-name")
+
+    def opt_transaction_timeout(self, seconds: str) -> None:
+        """Ask a producer about a transaction half message unresolved this long
+        [default: 6]."""
+        self["transaction-timeout"] = _number("transaction-timeout", seconds, float, 0)
+        self._broker_option("transaction-timeout")
+
+    def opt_transaction_check_interval(self, seconds: str) -> None:
+        """How often unresolved half messages are looked at [default: 60]."""
+        self["transaction-check-interval"] = _number(
+            "transaction-check-interval", seconds, float, 0.01
+        )
+        self._broker_option("transaction-check-interval")
 
     opt_p = opt_port
 
@@ -259,8 +365,9 @@ class Options(usage.Options):
         """[CODE=]NAME: answer requests with processor NAME (repeatable). NAME is a
         processor plugin (see --help-processors) or a dotted path pkg.module:factory; CODE
         a request code number or name. Without CODE, the plugin's own codes, or the
-        default processor. [default: echo as the default processor, stats for
-        GET_BROKER_RUNTIME_INFO (28)]"""
+        default processor. Any --processor turns the broker off: '--processor echo' is
+        the echo server (with stats answering GET_BROKER_RUNTIME_INFO (28) unless another
+        processor does). [default: none: the dev broker runs]"""
         code_text, separator, name = spec.partition("=")
         if not separator:
             code_text, name = "", spec
@@ -308,13 +415,40 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         if self["port"] is not None or not self["listen"]:
             port = DEFAULT_PORT if self["port"] is None else self["port"]
-            self["listen"].insert(0, f"tcp:{port}")
+            interface = "" if self["all-interfaces"] else ":interface=127.0.0.1"
+            self["listen"].insert(0, f"tcp:{port}{interface}")
+        elif self["all-interfaces"]:
+            raise usage.UsageError("--all-interfaces applies to --port, not to --listen")
         _check_processors(self["processors"])
+        if self["processors"] and self["broker-options-given"]:
+            given = ", ".join(f"--{name}" for name in self["broker-options-given"])
+            raise usage.UsageError(
+                f"{given} configure the broker, which does not run with --processor"
+            )
+        if self["data-dir"] is None:
+            for name in ("flush", "flush-interval"):
+                if name in self["broker-options-given"]:
+                    raise usage.UsageError(f"--{name} needs --data-dir")
+        elif "max-store-bytes" in self["broker-options-given"]:
+            raise usage.UsageError("--max-store-bytes applies only without --data-dir")
+
+    @property
+    def broker_mode(self) -> bool:
+        """True when no --processor was given: the dev broker runs."""
+        return not self["processors"]
 
     @property
     def processor_choices(self) -> list[ProcessorChoice]:
-        """The processors to register: those given, or the defaults."""
-        return list(self["processors"]) or list(DEFAULT_PROCESSORS)
+        """The processors to register in plain-server mode (empty: the broker runs).
+
+        ``--processor echo`` as the default processor with nothing for code 28 also gets
+        the stats processor for code 28, as the echo server always had."""
+        choices = list(self["processors"])
+        echo_default = any(c.plugin is echo_plugin and not c.codes for c in choices)
+        stats_code = int(RequestCode.GET_BROKER_RUNTIME_INFO)
+        if echo_default and not any(stats_code in c.codes for c in choices):
+            choices.append(DEFAULT_PROCESSORS[1])
+        return choices
 
 
 def _check_processors(choices: Iterable[ProcessorChoice]) -> None:
@@ -370,19 +504,83 @@ class _CommandLineServer(RemotingServer):
             raise SystemExit(1)
 
 
-def makeService(options: Options) -> RemotingServer:
+def makeService(options: Options) -> RemotingServer | BrokerService:
     """The :class:`~rmqtwist.server.RemotingServer` that ``options`` describe (not started).
 
     Raises UsageError for an endpoint Twisted cannot parse or a processor/hook factory that
     makes something else (under twist/twistd: one line on stderr, exit status 2).
     """
     under_twist = options.parent is not None
+    server_class = _CommandLineServer if under_twist else RemotingServer
     try:
-        return _make_service(options, _CommandLineServer if under_twist else RemotingServer)
+        if options.broker_mode:
+            return _make_broker(options, server_class)
+        return _make_service(options, server_class)
     except usage.UsageError as e:
         if not under_twist:
             raise
         _exit_with_usage_error(e)
+
+
+def broker_config(options: Options) -> BrokerConfig:
+    """The :class:`~rmqtwist.broker.config.BrokerConfig` that ``options`` describe."""
+    return BrokerConfig(
+        broker_name=options["broker-name"],
+        cluster_name=options["cluster-name"],
+        advertise=options["advertise"],
+        auto_create_topic=options["auto-create-topic"],
+        transaction_timeout=options["transaction-timeout"],
+        transaction_check_interval=options["transaction-check-interval"],
+    )
+
+
+def _make_store(options: Options) -> IMessageStore:
+    if options["data-dir"] is None:
+        return MemoryStore(max_bytes=options["max-store-bytes"])
+    from twisted.internet import reactor
+
+    return DiskStore(
+        options["data-dir"],
+        flush=options["flush"],
+        flush_interval=options["flush-interval"],
+        reactor=reactor,
+    )
+
+
+def _make_broker(options: Options, server_class: type[RemotingServer]) -> BrokerService:
+    hooks = []
+    for plugin in options["hooks"]:
+        try:
+            hooks.append(plugin.make_hook())
+        except TypeError as e:
+            raise usage.UsageError(f"--hook {plugin.name}: {e}") from None
+    try:
+        config = broker_config(options)
+    except ValueError as e:
+        raise usage.UsageError(str(e)) from None
+    service = BrokerService(
+        config,
+        _make_store(options),
+        listen=(),
+        server_class=server_class,
+        shutdown_timeout=options["shutdown-timeout"],
+        max_connections=options["max-connections"],
+        max_frame_length=options["max-frame-length"],
+        idle_timeout=options["idle-timeout"] or None,
+        serialize_type=options["serialize-type"],
+    )
+    for hook in hooks:
+        service.factory.register_rpc_hook(hook)
+    _listen_all(service.server, options["listen"])
+    return service
+
+
+def _listen_all(server: RemotingServer, endpoints: Iterable[str]) -> None:
+    for endpoint in endpoints:
+        try:
+            server.listen(endpoint)
+        except Exception as e:  # serverFromString: unknown type, bad arguments, no such file
+            raise usage.UsageError(f"--listen {endpoint}: {type(e).__name__}: {e}") from None
 
 
 def _make_service(options: Options, server_class: type[RemotingServer]) -> RemotingServer:
@@ -410,9 +608,5 @@ def _make_service(options: Options, server_class: type[RemotingServer]) -> Remot
             raise usage.UsageError(f"--hook {plugin.name}: {e}") from None
         factory.register_rpc_hook(hook)
     server = server_class(factory, shutdown_timeout=options["shutdown-timeout"])
-    for endpoint in options["listen"]:
-        try:
-            server.listen(endpoint)
-        except Exception as e:  # serverFromString: unknown type, bad arguments, no such file
-            raise usage.UsageError(f"--listen {endpoint}: {type(e).__name__}: {e}") from None
+    _listen_all(server, options["listen"])
     return server

@@ -479,3 +479,43 @@ async def test_sync_flush_with_the_real_thread_pool(tmp_path: Path) -> None:
         assert store.when_durable(results[-1]) is None
     finally:
         await store.stop()
+
+
+def test_sync_mode_also_syncs_appends_nobody_waits_for(tmp_path: Path) -> None:
+    s = Synced(tmp_path)
+    put(s.store)
+    s.reactor.advance(0.5)
+    s.pool.run_one()
+    assert len(s.fsyncs) == 1
+    assert s.store.when_durable(put(s.store, body=b"x")) is not None
+    close(s.store)
+
+
+def test_after_stop_reads_and_start_raise(tmp_path: Path) -> None:
+    store = open_store(tmp_path)
+    put(store)
+    close(store)
+    with pytest.raises(StoreError):
+        store.read("T", 0, 0, 1, EVERYTHING, None)
+    failure = fired(store.start())
+    assert isinstance(failure, Failure)
+    assert failure.check(StoreError)
+
+
+def test_metadata_that_cannot_be_written_raises_store_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = open_store(tmp_path)
+    store.save_metadata("a", 1)
+
+    def broken(*args: object) -> None:
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(os, "replace", broken)
+    with pytest.raises(StoreError, match="Read-only"):
+        store.save_metadata("a", 2)
+    with pytest.raises(StoreError, match="Read-only"):
+        store.delete_topic("T")
+    monkeypatch.undo()
+    assert store.load_metadata("a") == 1
+    close(store)

@@ -519,3 +519,68 @@ def test_metadata_that_cannot_be_written_raises_store_error(
     monkeypatch.undo()
     assert store.load_metadata("a") == 1
     close(store)
+
+
+_WRITER = """
+import sys
+from twisted.internet import reactor, defer
+from rmqtwist.broker.store import DiskStore
+from tests.broker.store.helpers import make_record
+
+async def main():
+    store = DiskStore(sys.argv[1], flush="sync")
+    await store.start()
+    n = 0
+    while True:
+        waits = []
+        for _ in range(8):
+            body = b"m%d" % n
+            store.append("T", 0, make_record("T", 0, body), 0, 0)
+            result = store.append("T", 1, make_record("T", 1, body), 0, 0)
+            waits.append((body, store.when_durable(result)))
+            n += 1
+        for body, d in waits:
+            if d is not None:
+                await d
+            sys.stdout.write(body.decode() + "\\n")
+        sys.stdout.flush()
+
+reactor.callWhenRunning(lambda: defer.ensureDeferred(main()))
+reactor.run()
+"""
+
+
+def test_kill_9_loses_no_acknowledged_append(tmp_path: Path) -> None:
+    """A writer in sync mode prints what it was told is durable; after a kill -9 in the
+    middle, a restart finds all of that, once each, in order."""
+    import select
+    import signal
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[3]
+    writer = subprocess.Popen(
+        [sys.executable, "-c", _WRITER, str(tmp_path)],
+        cwd=root,
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{root / 'src'}"},
+    )
+    assert writer.stdout is not None
+    acknowledged: list[bytes] = []
+    try:
+        while len(acknowledged) < 400:
+            ready, _, _ = select.select([writer.stdout], [], [], 20)
+            assert ready, "the writer is stuck"
+            line = writer.stdout.readline()
+            assert line, "the writer died"
+            acknowledged.append(line.strip())
+    finally:
+        writer.send_signal(signal.SIGKILL)
+        rest, _ = writer.communicate(timeout=10)
+    acknowledged += rest.split()
+    store = open_store(tmp_path)
+    for queue_id in (0, 1):
+        held = bodies(store, "T", queue_id)
+        assert held[: len(acknowledged)] == acknowledged
+        assert held == [b"m%d" % i for i in range(len(held))]
+    close(store)

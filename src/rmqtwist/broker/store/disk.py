@@ -29,7 +29,11 @@ What each flush mode loses:
 - ``flush="sync"``: :meth:`DiskStore.when_durable` fires only once the record's bytes are
   fsynced, so a broker that answers a send then loses nothing it acknowledged, on a
   process crash or a power failure. Appends made while an fsync runs share the next one
-  (group commit; one fsync in a thread at a time).
+  (group commit; one fsync in a thread at a time). Appends nobody waits for are fsynced
+  every ``flush_interval`` as in async mode.
+
+After a failed fsync nobody can tell what reached the disk, so the store then refuses
+appends (StoreError) and fails the waiting Deferreds; a restart recovers what is there.
 """
 
 from __future__ import annotations

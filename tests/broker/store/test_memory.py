@@ -166,3 +166,17 @@ def test_memory_per_message_with_a_tag_and_a_key() -> None:
         tracemalloc.stop()
     assert store.message_count == n
     assert used / n - 128 <= 250
+
+
+def test_read_at_after_4_gib_of_other_traffic() -> None:
+    """A chunk's records keep physical offsets as 32-bit deltas: past that, a new chunk."""
+    store = MemoryStore(clock=Clock())
+    first = put(store, "A", 0, b"first")
+    store._next_physical += 1 << 32  # as if 4 GiB went to other queues meanwhile
+    second = put(store, "A", 0, b"second")
+    assert second.physical_offset > 1 << 32
+    for result, body in ((first, b"first"), (second, b"second")):
+        record = store.read_at(result.physical_offset)
+        assert record is not None
+        assert bodies([record]) == [body]
+    assert bodies(store.read("A", 0, 0, 5, EVERYTHING, None).records) == [b"first", b"second"]

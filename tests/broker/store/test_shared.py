@@ -265,8 +265,17 @@ def test_append_refuses_what_is_not_a_record_of_that_queue(store: Any) -> None:
         store.append("T", 0, record, 0, 1000)
     with pytest.raises(StoreError):
         store.append("T", 0, bytearray(b"\x00\x00\x00\x08tooshort"), 0, 1000)
+    for bad in (1 << 31, -(1 << 31) - 1):
+        with pytest.raises(StoreError, match="tag hash"):
+            store.append("T", 0, make_record(), bad, 1000)
+        with pytest.raises(StoreError, match="tag hash"):
+            store.append_batch("T", 0, [make_record()], [bad], 1000)
     assert store.message_count == 0
     assert store.queue_ids("T") == []
+    store.append("T", 0, make_record(), -(1 << 31), 1000)
+    store.append("T", 0, make_record(), (1 << 31) - 1, 1000)
+    lowest = store.read("T", 0, 0, 5, EVERYTHING, frozenset({-(1 << 31)}))
+    assert [m.queue_offset for m in decode_records(b"".join(lowest.records))] == [0]
 
 
 def test_counts(store: Any) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import mmap
 import struct
 from bisect import bisect_left
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from rmqtwist.broker.store.interface import StoreError
 
@@ -18,6 +18,7 @@ __all__ = [
     "SCAN_LIMIT",
     "Data",
     "check_record",
+    "check_tag_hashes",
     "nearest_index",
     "physical_offset_of",
     "record_key",
@@ -111,6 +112,13 @@ def check_record(topic: str, queue_id: int, record: bytearray) -> int:
     if key != (topic.encode("utf-8"), queue_id):
         raise StoreError(f"the record is for queue {key[0]!r}:{key[1]}, not {topic!r}:{queue_id}")
     return size
+
+
+def check_tag_hashes(tag_hashes: Sequence[int]) -> None:
+    """StoreError unless each is a signed 32-bit int (what Java's String.hashCode gives)."""
+    for value in tag_hashes:
+        if not -0x80000000 <= value <= 0x7FFFFFFF:
+            raise StoreError(f"the tag hash {value} is not a signed 32-bit int")
 
 
 def nearest_index(lo: int, hi: int, timestamp: int, time_at: Callable[[int], int]) -> int:

@@ -9,9 +9,9 @@ Layout of the data directory::
     lock                                 flock()ed while a store has the directory open
 
 A segment is a run of entries, each a stored record (broker.md §4) followed by a 16-byte
-trailer: the tag hash given to append (int64), the record's length again (uint32) and a
-CRC32 of the record and those 12 bytes (uint32), all big-endian. A record's physical
-offset is where its entry starts in the log (segment base + position in the file).
+trailer: the tag hash given to append (an int32, kept as int64), the record's length again
+(uint32) and a CRC32 of the record and those 12 bytes (uint32), all big-endian. A record's
+physical offset is where its entry starts in the log (segment base + position in the file).
 
 On :meth:`DiskStore.start` every entry is checked (length, trailer, CRC, magic, the
 physical offset written in it) while the per-queue index is rebuilt from the records. The
@@ -65,6 +65,7 @@ from rmqtwist.broker.store._common import (
     MIN_RECORD_SIZE,
     SCAN_LIMIT,
     check_record,
+    check_tag_hashes,
     nearest_index,
     record_key,
     set_offsets,
@@ -527,6 +528,7 @@ class DiskStore:
         The store time is read from the record itself."""
         self._check_writable()
         size = check_record(topic, queue_id, record)
+        check_tag_hashes((tag_hash,))
         return self._write(topic, queue_id, [record], [size], [tag_hash])[0]
 
     def append_batch(
@@ -544,6 +546,7 @@ class DiskStore:
         if not records:
             return []
         sizes = [check_record(topic, queue_id, r) for r in records]
+        check_tag_hashes(tag_hashes)
         return self._write(topic, queue_id, records, sizes, tag_hashes)
 
     def _check_writable(self) -> None:

@@ -1,16 +1,17 @@
 """``MemoryStore``: every record in memory, capped in bytes (the dev broker's default store).
 
 Each queue keeps its records back to back in chunks (a growing ``bytearray``, copied to an
-exact-size ``bytes`` once full) and two ``array`` columns: where each record starts and its
-tag hash. A record costs its own bytes plus 16 bytes of index, whatever the number of
-queues. Past the cap the oldest chunk of the largest queue is dropped, so min offsets move.
+exact-size ``bytes`` once full) and three ``array`` columns: where each record starts, its
+tag hash, and its physical offset less its chunk's first one (for :meth:`read_at`). A
+record costs its own bytes plus 16 bytes of index, whatever the number of queues. Past
+the cap the oldest chunk of the largest queue is dropped, so min offsets move.
 """
 
 from __future__ import annotations
 
 import json
 from array import array
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -21,8 +22,8 @@ from zope.interface import implementer
 from rmqtwist.broker.store._common import (
     SCAN_LIMIT,
     check_record,
+    check_tag_hashes,
     nearest_index,
-    physical_offset_of,
     set_offsets,
     store_timestamp_of,
 )
@@ -43,7 +44,8 @@ _REPORT_INTERVAL = 10.0
 class _Queue:
     """One queue's records and index.
 
-    ``pos[i]`` is ``chunk_seq << 32 | start`` of the record at queue offset ``base + i``;
+    ``pos[i]`` is ``chunk_seq << 32 | start`` of the record at queue offset ``base + i``,
+    ``tags[i]`` its tag hash and ``rel[i]`` its physical offset less its chunk's first;
     entries before ``first`` were dropped (the arrays are compacted once that is half).
     Chunk ``seq`` is ``chunks[seq - chunk_seq0]``; ``chunk_first`` and ``chunk_phys`` hold
     the queue offset and physical offset of each chunk's first record.
@@ -57,13 +59,15 @@ class _Queue:
         "chunks",
         "first",
         "pos",
+        "rel",
         "stored",
         "tags",
     )
 
     def __init__(self) -> None:
         self.pos: array[int] = array("q")
-        self.tags: array[int] = array("q")
+        self.tags: array[int] = array("i")
+        self.rel: array[int] = array("I")
         self.base = 0
         self.first = 0
         self.chunks: list[bytes | bytearray] = []
@@ -100,6 +104,7 @@ class _Queue:
         if self.first >= 1024 and self.first * 2 >= len(self.pos):
             del self.pos[: self.first]
             del self.tags[: self.first]
+            del self.rel[: self.first]
             self.base += self.first
             self.first = 0
         return count, len(chunk)
@@ -160,6 +165,7 @@ class MemoryStore:
         """Store ``record`` in (topic, queue_id); see :meth:`IMessageStore.append`.
         The store time is read from the record itself."""
         size = check_record(topic, queue_id, record)
+        check_tag_hashes((tag_hash,))
         self._make_room(size)
         queue = self._queue(topic, queue_id)
         return self._put(queue, record, size, tag_hash)
@@ -176,6 +182,7 @@ class MemoryStore:
         if len(records) != len(tag_hashes):
             raise StoreError("a tag hash is needed for each record")
         sizes = [check_record(topic, queue_id, r) for r in records]
+        check_tag_hashes(tag_hashes)
         self._make_room(sum(sizes))
         queue = self._queue(topic, queue_id)
         return [
@@ -203,7 +210,11 @@ class MemoryStore:
         set_offsets(record, offset, physical)
         chunks = queue.chunks
         active = chunks[-1] if chunks else None
-        if not isinstance(active, bytearray) or (active and len(active) + size > self._chunk_size):
+        if (
+            not isinstance(active, bytearray)
+            or (active and len(active) + size > self._chunk_size)
+            or physical - queue.chunk_phys[-1] > _LOW
+        ):
             if isinstance(active, bytearray):
                 chunks[-1] = bytes(active)  # exact size, and slices are bytes
             active = bytearray()
@@ -213,6 +224,7 @@ class MemoryStore:
         seq = queue.chunk_seq0 + len(chunks) - 1
         queue.pos.append(seq << 32 | len(active))
         queue.tags.append(tag_hash)
+        queue.rel.append(physical - queue.chunk_phys[-1])
         active += record
         queue.stored += size
         self.stored_bytes += size
@@ -323,21 +335,18 @@ class MemoryStore:
         k = bisect_right(queue.chunk_phys, physical_offset) - 1
         if k < 0:
             return None
-        chunk = queue.chunks[k]
-        pos = queue.pos
-        low = queue.chunk_first[k] - queue.base
-        high = queue.chunk_first[k + 1] - queue.base if k + 1 < len(queue.chunk_first) else len(pos)
-        if physical_offset_of(chunk, pos[high - 1] & _LOW) < physical_offset:
+        delta = physical_offset - queue.chunk_phys[k]
+        if delta > _LOW:
             return None
-        while low < high:
-            mid = (low + high) // 2
-            if physical_offset_of(chunk, pos[mid] & _LOW) < physical_offset:
-                low = mid + 1
-            else:
-                high = mid
-        if physical_offset_of(chunk, pos[low] & _LOW) == physical_offset:
-            return low
-        return None
+        low = queue.chunk_first[k] - queue.base
+        high = (
+            queue.chunk_first[k + 1] - queue.base
+            if k + 1 < len(queue.chunk_first)
+            else len(queue.pos)
+        )
+        rel = queue.rel
+        i = bisect_left(rel, delta, low, high)
+        return i if i < high and rel[i] == delta else None
 
     def min_offset(self, topic: str, queue_id: int) -> int:
         """The oldest offset held; 0 for an unknown queue."""

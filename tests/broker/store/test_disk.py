@@ -301,12 +301,15 @@ def test_a_corrupt_store_state_uses_its_previous_version(tmp_path: Path, log: Ca
 
 def test_one_store_per_directory(tmp_path: Path) -> None:
     store = open_store(tmp_path)
+    put(store)
     other = DiskStore(tmp_path, reactor=Clock())
     failure = fired(other.start())
     assert isinstance(failure, Failure)
     assert failure.check(StoreError)
+    assert "in use" in str(failure.value)
     close(store)
-    other = open_store(tmp_path)
+    assert fired(other.start()) is None  # a failed start can be tried again
+    assert other.message_count == 1
     close(other)
 
 

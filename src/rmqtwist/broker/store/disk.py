@@ -271,6 +271,8 @@ class DiskStore:
             self._recover()
         except (OSError, StoreError, ValueError, TypeError) as e:
             self._close_files()
+            self._queues, self._bases, self._maps = {}, [], []
+            self.message_count = self.stored_bytes = self._end = self._durable = 0
             return fail(e if isinstance(e, StoreError) else StoreError(f"{self._dir}: {e}"))
         self._started = True
         # Async mode's flush; in sync mode a backstop for appends nobody waits for.

@@ -9,6 +9,7 @@ the message is on disk.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from twisted.internet.defer import Deferred
@@ -255,13 +256,17 @@ class SendProcessor(BrokerProcessor):
         draft.properties.pop(Property.DELAY, None)
 
     def _put_half(self, draft: Draft) -> PutResult:
-        """A transaction's half message: kept in the half topic until it is resolved."""
-        draft.properties[Property.REAL_TOPIC] = draft.topic
-        draft.properties[Property.REAL_QID] = str(draft.queue_id)
+        """A transaction's half message: kept in the half topic until it is resolved. The
+        answer names the topic and queue the producer asked for (with the half topic's
+        queue offset), as Apache's does."""
+        topic, queue_id = draft.topic, draft.queue_id
+        draft.properties[Property.REAL_TOPIC] = topic
+        draft.properties[Property.REAL_QID] = str(queue_id)
         draft.sys_flag &= ~int(MessageSysFlag.TRANSACTION_ROLLBACK)
         draft.topic = HALF_TOPIC
         draft.queue_id = 0
-        return self.broker.put(draft, delay=False)
+        result = self.broker.put(draft, delay=False)
+        return dataclasses.replace(result, topic=topic, queue_id=queue_id)
 
     # -- batch ------------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ import pytest_twisted
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
-from rmqtwist.broker.store import DiskStore, StoreError, disk
+from rmqtwist.broker.store import DiskStore, StoreError, _commitlog, _jsonfile, disk
 from rmqtwist.broker.store.disk import TRAILER_SIZE
 from rmqtwist.message import decode_records, tag_hash
 
@@ -27,7 +27,8 @@ EVERYTHING = 1 << 30
 @pytest.fixture
 def log(monkeypatch: pytest.MonkeyPatch) -> CapturedLog:
     captured = CapturedLog()
-    monkeypatch.setattr(disk, "_log", captured.logger)
+    for module in (disk, _commitlog, _jsonfile):
+        monkeypatch.setattr(module, "_log", captured.logger)
     return captured
 
 
@@ -396,7 +397,7 @@ def test_sync_appends_share_an_fsync(tmp_path: Path) -> None:
 
 def test_sync_fsyncs_the_sealed_segment_too(tmp_path: Path) -> None:
     s = Synced(tmp_path)
-    s.store._segment_size = 600
+    s.store._log._segment_size = 600
     waits = [s.store.when_durable(put(s.store, body=b"x" * 200)) for _ in range(4)]
     assert len(segments(tmp_path)) > 1
     s.reactor.advance(0)

@@ -237,8 +237,12 @@ class SendProcessor(BrokerProcessor):
         if is_retry_topic(topic.name):
             self._maybe_dead_letter(request, header, draft)
         if transaction_type(header.sys_flag) == MessageSysFlag.TRANSACTION_PREPARED:
-            return self._put_half(draft)
-        return self.broker.put(draft)
+            result = self._put_half(draft)
+        else:
+            result = self.broker.put(draft)
+        # Apache answers with the queue the producer asked for (or the one picked for it)
+        # even when the message waits in the delay or half topic, or went to the DLQ.
+        return dataclasses.replace(result, topic=topic.name, queue_id=queue_id)
 
     def _maybe_dead_letter(
         self, request: RemotingCommand, header: SendMessageRequestHeader, draft: Draft
@@ -256,17 +260,13 @@ class SendProcessor(BrokerProcessor):
         draft.properties.pop(Property.DELAY, None)
 
     def _put_half(self, draft: Draft) -> PutResult:
-        """A transaction's half message: kept in the half topic until it is resolved. The
-        answer names the topic and queue the producer asked for (with the half topic's
-        queue offset), as Apache's does."""
-        topic, queue_id = draft.topic, draft.queue_id
-        draft.properties[Property.REAL_TOPIC] = topic
-        draft.properties[Property.REAL_QID] = str(queue_id)
+        """A transaction's half message: kept in the half topic until it is resolved."""
+        draft.properties[Property.REAL_TOPIC] = draft.topic
+        draft.properties[Property.REAL_QID] = str(draft.queue_id)
         draft.sys_flag &= ~int(MessageSysFlag.TRANSACTION_ROLLBACK)
         draft.topic = HALF_TOPIC
         draft.queue_id = 0
-        result = self.broker.put(draft, delay=False)
-        return dataclasses.replace(result, topic=topic, queue_id=queue_id)
+        return self.broker.put(draft, delay=False)
 
     # -- batch ------------------------------------------------------------------------
 

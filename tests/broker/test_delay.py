@@ -168,3 +168,15 @@ def test_messages_due_while_stopped_are_delivered_once_on_start() -> None:
     again = restarted.reopen()
     assert [m.body for m in again.messages("T", 1)] == [b"a", b"b"]
     assert again.delays.delivered == 0
+
+
+def test_the_send_answer_names_the_queue_asked_for_not_the_delay_queue() -> None:
+    harness = BrokerHarness()
+    peer = harness.peer()
+    response = ok(peer.send_message("T", properties={"DELAY": "3"}, queue_id=0))
+    assert response.ext_fields is not None
+    # Apache answers with the producer's queue (the message waits in delay queue 2)
+    assert response.ext_fields["queueId"] == "0"
+    assert response.ext_fields["queueOffset"] == "0"
+    [waiting] = harness.messages(DELAY_TOPIC, 2)
+    assert response.ext_fields["msgId"] == waiting.offset_msg_id

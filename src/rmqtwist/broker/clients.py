@@ -218,6 +218,13 @@ class ClientRegistry:
             )
             new_topics = {sub.topic: sub for sub in data.subscriptions}
             topics_changed = set(new_topics) != set(group.subscriptions)
+            # Keep the newest version of each topic's subscription, as Apache does: a
+            # member started earlier heartbeats an older subVersion, which must not make
+            # the newer members' pulls SUBSCRIPTION_NOT_LATEST.
+            for topic, sub in new_topics.items():
+                old = group.subscriptions.get(topic)
+                if old is not None and old.version > sub.version:
+                    new_topics[topic] = old
             group.subscriptions = new_topics
             if new_member or topics_changed:
                 changed.append(data.group)

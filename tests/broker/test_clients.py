@@ -285,3 +285,20 @@ def test_check_client_config_accepts_tag_and_refuses_sql92() -> None:
     assert check("sql92") == ResponseCode.SYSTEM_ERROR
     empty = peer.request(RequestCode.CHECK_CLIENT_CONFIG)
     assert empty.code == ResponseCode.SUCCESS
+
+
+def test_an_older_subscription_from_another_member_does_not_replace_a_newer_one() -> None:
+    # Two consumers of a group start at different times, so their subVersions differ; the
+    # one started earlier keeps heartbeating its older version. As Apache
+    # (ConsumerGroupInfo.updateSubscription) the broker keeps the newest version of each
+    # topic, so the newer member's pulls are not refused SUBSCRIPTION_NOT_LATEST.
+    harness = BrokerHarness()
+    early, late = harness.peer(), harness.peer()
+    ok(early.send_message("T", b"m"))
+    ok(early.heartbeat("early", "G", {"T": "*"}, sub_version=100))
+    ok(late.heartbeat("late", "G", {"T": "*"}, sub_version=200))
+    ok(early.heartbeat("early", "G", {"T": "*"}, sub_version=100))
+    assert harness.broker.clients.subscription("G", "T").version == 200  # type: ignore[union-attr]
+    for peer, version in ((late, 200), (early, 100)):
+        response = peer.pull("T", sys_flag=2, subscription=None, group="G", sub_version=version)
+        assert response.code == ResponseCode.SUCCESS

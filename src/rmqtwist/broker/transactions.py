@@ -119,12 +119,12 @@ class TransactionChecker:
                     continue
                 if self.is_resolved(half.queue_offset):
                     continue
-                timeout_ms = config.transaction_timeout * 1000
-                immunity = half.properties.get(Property.CHECK_IMMUNITY_TIME_IN_SECONDS)
-                if immunity and immunity.isdigit():
-                    timeout_ms = max(timeout_ms, int(immunity) * 1000)
-                if now - half.store_timestamp < timeout_ms:
+                age = now - half.store_timestamp
+                if age < config.transaction_timeout * 1000:
                     return  # later half messages are younger still
+                immunity = half.properties.get(Property.CHECK_IMMUNITY_TIME_IN_SECONDS)
+                if immunity and immunity.isdigit() and age < int(immunity) * 1000:
+                    continue  # this one asked to wait longer; later ones may be due
                 times = self.checks.get(half.queue_offset, 0)
                 if times >= config.transaction_check_max:
                     _log.warn(

@@ -302,3 +302,25 @@ def test_the_periodic_checker_runs_on_the_clock() -> None:
     assert len(checks(peer)) == 1
     harness.advance(5)
     assert len(checks(peer)) == 1
+
+
+def test_an_immune_half_message_does_not_hold_back_the_checks_of_later_ones() -> None:
+    harness = BrokerHarness(BrokerConfig(transaction_timeout=3))
+    peer = producer(harness)
+    ok(
+        peer.send_message(
+            "T",
+            b"immune",
+            properties={
+                "TRAN_MSG": "true",
+                "PGROUP": GROUP,
+                "CHECK_IMMUNITY_TIME_IN_SECONDS": "60",
+            },
+            sys_flag=PREPARED,
+        )
+    )
+    harness.advance(1)
+    send_half(peer, b"plain")
+    harness.advance(5)
+    harness.checker.check()
+    assert [check_body(c).body for c in checks(peer)] == [b"plain"]

@@ -179,7 +179,11 @@ class Broker:
         codes = [tag_hash(draft.properties.get(Property.TAGS)) for draft in drafts]
         results = self.store.append_batch(first.topic, first.queue_id, records, codes, now)
         self.messages_put += len(results)
-        self.pulls.notify(first.topic, first.queue_id, results[-1].queue_offset + 1, None)
+        # Wake held pulls with each distinct tag hash, as Apache notifies message by
+        # message: a pull filtering the batch's tags out stays held.
+        top = results[-1].queue_offset + 1
+        for code in dict.fromkeys(codes):
+            self.pulls.notify(first.topic, first.queue_id, top, code)
         return [self._result(draft, result) for draft, result in zip(drafts, results, strict=True)]
 
     def _result(self, draft: Draft, result: AppendResult) -> PutResult:

@@ -377,3 +377,17 @@ def test_a_tiny_suspend_time_is_still_held_then_answered(suspend_ms: int) -> Non
     harness.advance(0.01)
     response = consumer.response(opaque)
     assert response is not None and response.code == ResponseCode.PULL_NOT_FOUND
+
+
+def test_a_batch_the_filter_rejects_does_not_wake_a_held_pull() -> None:
+    # Apache notifies held pulls message by message with each one's tag hash, so a
+    # filtered pull stays held through a batch of other tags (no extra round trip).
+    harness, producer = filled(1)
+    consumer = harness.peer()
+    opaque = consumer.hold("T", 0, 1, subscription="TagZ")
+    ok(producer.send_batch("T", [Message("T", b"a", tags="TagA"), Message("T", b"b", tags="TagB")]))
+    assert consumer.response(opaque) is None
+    ok(producer.send_batch("T", [Message("T", b"c", tags="TagA"), Message("T", b"z", tags="TagZ")]))
+    response = consumer.response(opaque)
+    assert response is not None and response.code == ResponseCode.SUCCESS
+    assert [m.body for m in decode_records(response.body)] == [b"z"]

@@ -151,7 +151,7 @@ class Frame:
 
     @property
     def from_client(self) -> bool:
-        return self.data["dir"] == "c2s"
+        return bool(self.data["dir"] == "c2s")
 
     @property
     def ext(self) -> dict[str, str]:
@@ -203,7 +203,8 @@ def load(name: str) -> tuple[list[Frame], dict[str, Any]]:
             "directory there (CI has it beside the checkout).",
             pytrace=False,
         )
-    frames, note = [], {}
+    frames: list[Frame] = []
+    note: dict[str, Any] = {}
     for line in path.read_text(encoding="utf-8").splitlines():
         data = json.loads(line)
         if "note" in data:
@@ -449,7 +450,7 @@ class Replay:
                 if message["properties"].get("UNIQ_KEY") in sent:
                     continue
                 found.setdefault((topic, message["queueId"]), {})[message["queueOffset"]] = message
-        messages = []
+        messages: list[dict[str, Any]] = []
         for (topic, queue_id), by_offset in found.items():
             assert sorted(by_offset) == list(range(len(by_offset))), (
                 f"{self.name}: cannot seed {topic} queue {queue_id}: offsets {sorted(by_offset)}"

@@ -169,6 +169,8 @@ def test_broker_options() -> None:
     disk = parse("--data-dir", "/tmp/x", "--flush", "SYNC", "--flush-interval", "0.1")
     assert (disk["data-dir"], disk["flush"], disk["flush-interval"]) == ("/tmp/x", "sync", 0.1)
     assert parse("--max-store-bytes", "4096")["max-store-bytes"] == 4096
+    topics = broker_config(parse("--topic", "Orders", "--topic", "Logs:8")).topics
+    assert topics == (("Orders", 4), ("Logs", 8))
 
 
 @pytest.mark.parametrize(
@@ -182,6 +184,8 @@ def test_broker_options() -> None:
         (("--data-dir", ""), "--data-dir needs a directory"),
         (("--max-store-bytes", "10"), "--max-store-bytes must be at least 1024"),
         (("--broker-name", " "), "--broker-name must not be empty"),
+        (("--topic", "bad name"), "--topic bad name: the specified topic[bad name] contains"),
+        (("--topic", "T:0"), "--topic must be between 1 and 1024, not 0"),
         (("--processor", "echo", "--data-dir", "d"), "--data-dir configure the broker"),
         (("--listen", "tcp:0", "--all-interfaces"), "--all-interfaces applies to --port"),
     ],

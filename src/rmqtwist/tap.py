@@ -25,6 +25,7 @@ from zope.interface import Interface
 from rmqtwist.broker.config import BrokerConfig
 from rmqtwist.broker.service import BrokerService
 from rmqtwist.broker.store import DiskStore, IMessageStore, MemoryStore
+from rmqtwist.broker.topics import topic_problem
 from rmqtwist.codec import DEFAULT_MAX_FRAME_LENGTH
 from rmqtwist.codes import RequestCode, SerializeType, code_name
 from rmqtwist.interfaces import (
@@ -242,6 +243,7 @@ class Options(usage.Options):
         self["transaction-timeout"] = 6.0
         self["transaction-check-interval"] = 60.0
         self["broker-options-given"] = []
+        self["topics"] = []
 
     def parseOptions(self, options: Sequence[str] | None = None) -> None:
         """Parse ``options``; under twist/twistd a usage error exits (see the module doc)."""
@@ -273,6 +275,18 @@ class Options(usage.Options):
             raise usage.UsageError(f"--advertise must be host:port, not {address!r}")
         self["advertise"] = address.strip()
         self._broker_option("advertise")
+
+    def opt_topic(self, spec: str) -> None:
+        """NAME[:QUEUES]: create topic NAME with QUEUES queues (default 4) at start, if it
+        does not exist (repeatable). Clients that never fall back to TBW102 for a new
+        topic, such as the Node.js ali-ons producer, need their topics to exist."""
+        name, _, count = spec.strip().partition(":")
+        problem = topic_problem(name)
+        if problem is not None:
+            raise usage.UsageError(f"--topic {spec}: {problem}")
+        queues = _number("topic", count, int, 1, 1024) if count else 4
+        self["topics"].append((name, queues))
+        self._broker_option("topic")
 
     def opt_no_auto_create_topic(self) -> None:
         """Refuse sends to topics that were not created first (UPDATE_AND_CREATE_TOPIC)
@@ -531,6 +545,7 @@ def broker_config(options: Options) -> BrokerConfig:
         auto_create_topic=options["auto-create-topic"],
         transaction_timeout=options["transaction-timeout"],
         transaction_check_interval=options["transaction-check-interval"],
+        topics=tuple(options["topics"]),
     )
 
 

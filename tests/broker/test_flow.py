@@ -226,3 +226,14 @@ def test_offsets_query_update_and_young_queue_rule() -> None:
     for code in (RequestCode.GET_MAX_OFFSET, RequestCode.GET_MIN_OFFSET):
         response = ok(peer.call(RemotingCommand.request(code, {"topic": "T", "queueId": 0})))
         assert response.ext_fields == {"offset": "1" if code == RequestCode.GET_MAX_OFFSET else "0"}
+
+
+def test_configured_topics_exist_from_the_start() -> None:
+    from rmqtwist.broker.config import BrokerConfig
+
+    harness = BrokerHarness(BrokerConfig(topics=(("Orders", 2),)))
+    peer = harness.peer()
+    data = route(
+        peer.call(RemotingCommand.request(RequestCode.GET_ROUTEINFO_BY_TOPIC, {"topic": "Orders"}))
+    )
+    assert data["queueDatas"][0]["writeQueueNums"] == 2  # type: ignore[index]

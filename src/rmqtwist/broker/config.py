@@ -44,6 +44,9 @@ class BrokerConfig:
     auto_create_topic: bool = True
     #: Queues of a topic created automatically (capped by the send's defaultTopicQueueNums).
     default_queue_nums: int = 4
+    #: Topics created at start, name -> queue count (kept if they already exist). Clients
+    #: that never fall back to TBW102 for a new topic (ali-ons) need their topics to exist.
+    topics: tuple[tuple[str, int], ...] = ()
     #: Queues of TBW102, the template topic producers fall back to for unknown topics.
     template_queue_nums: int = 8
     #: What a send response carries in MSG_REGION and TRACE_ON, as Apache's broker.
@@ -81,6 +84,9 @@ class BrokerConfig:
         for name in ("default_queue_nums", "template_queue_nums", "pull_max_count"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name, queues in self.topics:
+            if not name or queues < 1:
+                raise ValueError(f"topic {name!r} needs a name and at least 1 queue")
         if not self.delay_levels:
             raise ValueError("delay_levels must not be empty")
         if self.advertise is not None:

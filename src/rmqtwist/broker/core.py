@@ -4,6 +4,7 @@ which messages are stored (delay redirection, record encoding, waking held pulls
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import random
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -76,6 +77,17 @@ class PutResult:
     durable: Deferred[None] | None
 
 
+def _is_ip_address(address: str) -> bool:
+    host, _, port = address.rpartition(":")
+    if not port.isdigit():
+        return False
+    try:
+        ipaddress.ip_address(host[1:-1] if host.startswith("[") else host)
+    except ValueError:
+        return False
+    return True
+
+
 class Broker:
     """The dev broker's state: config, store, topics, clients, offsets, held pulls, locks."""
 
@@ -107,17 +119,31 @@ class Broker:
         self.notifications_sent = 0
 
     def load(self) -> None:
-        """Read what the store kept (after ``store.start()``)."""
+        """Read what the store kept (after ``store.start()``), then create the topics the
+        configuration names."""
         self.topics.load()
         self.offsets.load()
+        for name, queues in self.config.topics:
+            self.topics.ensure(name, queues)
 
     def now_ms(self) -> int:
         return int(self.clock.seconds() * 1000)
 
-    def store_host(self, channel: IChannel) -> str:
-        """The address a client reaches this broker at: ``advertise``, else the address
-        ``channel`` connected to."""
+    def route_address(self, channel: IChannel) -> str:
+        """The address a client reaches this broker at, as routes name it: ``advertise``,
+        else the address ``channel`` connected to."""
         return self.config.advertise or channel.local_address
+
+    def store_host(self, channel: IChannel) -> str:
+        """The ``ip:port`` written into stored messages (and so into offset msgIds): the
+        advertised address when it is an IP address, else the address ``channel``
+        connected to (a record holds an IP, never a host name); ``127.0.0.1:0`` for a
+        connection that has no IP address (a UNIX socket)."""
+        advertise = self.config.advertise
+        if advertise is not None and _is_ip_address(advertise):
+            return advertise
+        local = channel.local_address
+        return local if _is_ip_address(local) else "127.0.0.1:0"
 
     # -- storing ----------------------------------------------------------------------
 

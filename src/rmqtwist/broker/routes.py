@@ -67,12 +67,12 @@ class RouteProcessor(BrokerProcessor):
                 f"No topic route info in name server for the topic: {header.topic}\n"
                 "See http://rocketmq.apache.org/docs/faq/ for further details.",
             )
-        address = self.broker.store_host(context.channel)
+        address = self.broker.route_address(context.channel)
         return answer(request, body=dumps(self.route_data(topic, address)))
 
     def cluster_info(self, context: IRequestContext, request: RemotingCommand) -> RemotingCommand:
         config = self.broker.config
-        address = self.broker.store_host(context.channel)
+        address = self.broker.route_address(context.channel)
         body = {
             "brokerAddrTable": {config.broker_name: self._broker_data(address)},
             "clusterAddrTable": {config.cluster_name: [config.broker_name]},

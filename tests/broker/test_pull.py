@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from rmqtwist.broker.config import BrokerConfig
+from rmqtwist.broker.pull import HEARTBEAT_WAIT
 from rmqtwist.codes import RequestCode, ResponseCode
 from rmqtwist.command import RemotingCommand
 from rmqtwist.message import Message, decode_records
@@ -189,8 +190,14 @@ def test_pull_without_subscription_uses_the_heartbeat_one_and_its_version() -> N
     for tags in ("TagA", "TagB", "TagA"):
         ok(peer.send_message("T", tags.encode(), tags=tags))
     ok(peer.heartbeat("c1", "J4", {"T": "TagB"}, sub_version=100))
-    newer = peer.pull("T", sys_flag=2, subscription=None, group="J4", sub_version=101)
-    assert newer.code == ResponseCode.SUBSCRIPTION_NOT_LATEST
+    # a newer subVersion than the heartbeat's waits a moment for the heartbeat, then 25
+    opaque = peer.send(
+        peer.pull_request("T", sys_flag=2, subscription=None, group="J4", sub_version=101)
+    )
+    assert peer.response(opaque) is None
+    harness.clock.advance(HEARTBEAT_WAIT)
+    newer = peer.response(opaque)
+    assert newer is not None and newer.code == ResponseCode.SUBSCRIPTION_NOT_LATEST
     response = ok(peer.pull("T", sys_flag=2, subscription=None, group="J4", sub_version=100))
     assert [m.body for m in decode_records(response.body)] == [b"TagB"]
     # the pull's own subscription is ignored without the SUBSCRIPTION flag
@@ -391,3 +398,39 @@ def test_a_batch_the_filter_rejects_does_not_wake_a_held_pull() -> None:
     response = consumer.response(opaque)
     assert response is not None and response.code == ResponseCode.SUCCESS
     assert [m.body for m in decode_records(response.body)] == [b"z"]
+
+
+def test_a_pull_ahead_of_its_heartbeat_is_answered_when_the_heartbeat_comes() -> None:
+    # J4 at start-up: a pull carrying the new subVersion overtakes the heartbeat that
+    # registers it. Apache answers 25 (and the client waits 3 s) when it loses that race.
+    harness = BrokerHarness()
+    peer = harness.peer()
+    ok(peer.send_message("T", b"m", tags="TagA"))
+    ok(peer.heartbeat("c1", "J4", {"T": "TagB"}, sub_version=100))
+    opaque = peer.send(
+        peer.pull_request("T", sys_flag=2, subscription=None, group="J4", sub_version=101)
+    )
+    assert peer.response(opaque) is None
+    ok(peer.heartbeat("c1", "J4", {"T": "*"}, sub_version=101))
+    response = peer.response(opaque)
+    assert response is not None and response.code == ResponseCode.SUCCESS
+    assert [m.body for m in decode_records(response.body)] == [b"m"]
+    harness.clock.advance(HEARTBEAT_WAIT)  # the timer was cancelled: no second answer
+    assert peer.response(opaque) is None
+
+
+def test_every_pull_waiting_for_the_heartbeat_is_answered() -> None:
+    harness = BrokerHarness()
+    peer = harness.peer()
+    for queue_id in range(4):
+        ok(peer.send_message("T", b"m", queue_id=queue_id))
+    ok(peer.heartbeat("c1", "J4", {"T": "*"}, sub_version=100))
+    opaques = [
+        peer.send(
+            peer.pull_request("T", q, sys_flag=2, subscription=None, group="J4", sub_version=101)
+        )
+        for q in range(4)
+    ]
+    ok(peer.heartbeat("c1", "J4", {"T": "*"}, sub_version=101))
+    answers = [peer.response(opaque) for opaque in opaques]
+    assert [a.code if a else None for a in answers] == [ResponseCode.SUCCESS] * 4

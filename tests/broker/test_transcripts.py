@@ -92,7 +92,8 @@ KNOWN_DIFFERENCES: dict[tuple[str, str], str] = {
         "the same race the other way round: a J4 consumer sends a pull with a new "
         "subVersion and, a moment later, the heartbeat that carries it. Apache happened to "
         "handle the heartbeat first and held (or answered) the pull; the dev broker, in "
-        "order, answers SUBSCRIPTION_NOT_LATEST (25), and the client pulls again 3 s later"
+        "order, holds the pull until that heartbeat comes (up to 1 s) and answers it then, "
+        "so its answer comes when the heartbeat does"
     ),
     ("03-retry-consumer", "heartbeat raced"): "as in 02 (two JpTopic03 pulls at start-up)",
     ("03-retry-consumer", "retry order"): (
@@ -357,6 +358,7 @@ class Replay:
             (f.conn, f.opaque): f for f in self.frames if f.is_response and not f.from_client
         }
         self.held: dict[tuple[str, int], Sent] = {}
+        self.after_heartbeat: dict[str, list[Sent]] = {}
         #: pulls whose answers are not compared (see KNOWN_DIFFERENCES)
         self.unchecked: list[Sent] = []
         self.pushed: dict[str, list[RemotingCommand]] = {}
@@ -525,9 +527,13 @@ class Replay:
                 self.problem(frame, f"a oneway request was answered: {ours!r}")
             return
         apache_held = apache is None or apache.t - frame.t >= HELD_AFTER
+        if frame.code == RequestCode.HEART_BEAT:
+            self.check_after_heartbeat(frame.conn)
         if ours is None:
             if frame.code not in PULLS:
                 self.problem(frame, "no answer to a request that is not a pull")
+            elif self.raced(frame, None):  # waiting for the heartbeat that follows
+                self.after_heartbeat.setdefault(frame.conn, []).append(Sent(frame, peer, opaque))
             elif apache is not None and apache.code == ResponseCode.SUBSCRIPTION_NOT_LATEST:
                 if not self.overtaken(frame):
                     self.problem(frame, "Apache answered 25 at once; we held it")
@@ -567,10 +573,13 @@ class Replay:
                 key = (frame.conn, consumer["groupName"], sub["topic"])
                 self.sub_versions[key] = max(self.sub_versions.get(key, -1), int(sub["subVersion"]))
 
-    def raced(self, frame: Frame, ours: RemotingCommand) -> bool:
-        """Our 25 for a pull whose subVersion the next heartbeat on the connection, sent
-        right after it, carries (Apache handled that heartbeat first)."""
-        if frame.code not in PULLS or ours.code != ResponseCode.SUBSCRIPTION_NOT_LATEST:
+    def raced(self, frame: Frame, ours: RemotingCommand | None) -> bool:
+        """Our 25 (or, with ``ours`` None, our wait for the heartbeat) for a pull whose
+        subVersion the next heartbeat on the connection, sent right after it, carries
+        (Apache handled that heartbeat first)."""
+        if frame.code not in PULLS:
+            return False
+        if ours is not None and ours.code != ResponseCode.SUBSCRIPTION_NOT_LATEST:
             return False
         ext = frame.ext
         for later in self.frames[frame.index + 1 :]:
@@ -598,6 +607,19 @@ class Replay:
         if self.sub_versions.get(key, -1) >= int(ext["subVersion"]):
             return self.known("heartbeat overtaken")
         return False
+
+    def check_after_heartbeat(self, conn: str) -> None:
+        """The pulls that waited for this heartbeat are answered now, or held (long poll)."""
+        for sent in self.after_heartbeat.pop(conn, []):
+            apache = self.apache_answers.get((sent.request.conn, sent.request.opaque))
+            ours = sent.peer.response(sent.opaque)
+            if ours is None:
+                if apache is not None and apache.t - sent.request.t < HELD_AFTER:
+                    self.problem(sent.request, "still held after the heartbeat it waited for")
+                else:
+                    self.held[(sent.request.conn, sent.request.opaque)] = sent
+            elif apache is not None:
+                self.compare(sent.request, apache, ours)
 
     # -- answers ------------------------------------------------------------------------
 

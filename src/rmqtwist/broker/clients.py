@@ -194,6 +194,21 @@ class ClientRegistry:
         self._on_change = on_change
         self.consumers: dict[str, ConsumerGroup] = {}
         self.producers: dict[str, dict[IChannel, ClientInfo]] = {}
+        self._heartbeat_waiters: dict[str, list[Callable[[], None]]] = {}
+
+    def wait_for_heartbeat(self, group: str, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback`` after the next heartbeat naming consumer group ``group``;
+        returns a function that forgets it."""
+        waiters = self._heartbeat_waiters.setdefault(group, [])
+        waiters.append(callback)
+
+        def forget() -> None:
+            if callback in waiters:
+                waiters.remove(callback)
+            if not waiters and self._heartbeat_waiters.get(group) is waiters:
+                del self._heartbeat_waiters[group]
+
+        return forget
 
     def heartbeat(
         self, channel: IChannel, heartbeat: Heartbeat, language: int, version: int
@@ -230,6 +245,10 @@ class ClientRegistry:
                 changed.append(data.group)
         for group_name in changed:
             self._on_change(group_name)
+        for data in heartbeat.consumers:
+            # a copy: each callback forgets itself from the list it was in
+            for callback in list(self._heartbeat_waiters.pop(data.group, [])):
+                callback()
         return changed
 
     def unregister(

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, ClassVar
 from rmqtwist.broker.clients import Subscription, parse_subscription
 from rmqtwist.broker.processors import BrokerProcessor, answer
 from rmqtwist.codes import RequestCode, ResponseCode
+from rmqtwist.errors import BodyError, HeaderError
 from rmqtwist.headers import PullMessageRequestHeader
 
 if TYPE_CHECKING:
@@ -28,6 +29,8 @@ FLAG_SUSPEND = 0x2
 FLAG_SUBSCRIPTION = 0x4
 FLAG_CLASS_FILTER = 0x8
 FLAG_LITE_PULL = 0x10
+#: How long a pull with a subscription newer than the broker's waits for the heartbeat.
+HEARTBEAT_WAIT = 1.0
 
 
 class PullProcessor(BrokerProcessor):
@@ -37,6 +40,11 @@ class PullProcessor(BrokerProcessor):
     }
 
     def pull(self, context: IRequestContext, request: RemotingCommand) -> RemotingCommand | None:
+        return self._pull(context, request, retried=False)
+
+    def _pull(
+        self, context: IRequestContext, request: RemotingCommand, retried: bool
+    ) -> RemotingCommand | None:
         header = PullMessageRequestHeader.from_command(request)
         broker = self.broker
         topic = broker.topics.get(header.topic)
@@ -85,6 +93,12 @@ class PullProcessor(BrokerProcessor):
                     f"topic {header.topic}",
                 )
             if found.version < header.sub_version:
+                if not retried and not broker.stopping:
+                    # A Java consumer sends this pull just before the heartbeat that
+                    # carries its new subscription: wait briefly for that heartbeat
+                    # rather than answer 25, after which the client backs off 3 s.
+                    self._await_heartbeat(context, request, header.consumer_group)
+                    return None
                 return answer(
                     request,
                     ResponseCode.SUBSCRIPTION_NOT_LATEST,
@@ -117,6 +131,32 @@ class PullProcessor(BrokerProcessor):
             header.topic, header.queue_id, header.queue_offset, subscription.codes, timeout, rerun
         )
         return None
+
+    def _await_heartbeat(
+        self, context: IRequestContext, request: RemotingCommand, group: str
+    ) -> None:
+        broker = self.broker
+        done = False
+
+        def rerun() -> None:
+            nonlocal done
+            if done:
+                return
+            done = True
+            forget()
+            if timer.active():
+                timer.cancel()
+            if context.responded:
+                return
+            try:
+                response = self._pull(context, request, retried=True)
+            except (HeaderError, BodyError) as e:
+                response = answer(request, ResponseCode.SYSTEM_ERROR, f"bad request: {e}")
+            if response is not None:
+                context.respond(response)
+
+        timer = broker.clock.callLater(HEARTBEAT_WAIT, rerun)
+        forget = broker.clients.wait_for_heartbeat(group, rerun)
 
     def _read(
         self,

@@ -4,12 +4,13 @@ helpers, value parsing and formatting, the cached per-class plan. See :mod:`rmqt
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import operator
 import types
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Final, Self, TypeAlias
+from typing import Annotated, Any, Final, Self, TypeAlias, cast
 
 from rmqtwist.codes import ResponseCode
 from rmqtwist.command import RemotingCommand, ext_value
@@ -186,6 +187,8 @@ class _Codec:
     values: Callable[[Any], tuple[Any, ...]]
     #: (wire, required, format) per field, in plan order.
     encode: tuple[tuple[str, bool, Callable[[Any], str]], ...]
+    #: ext -> header for the usual case (see :func:`_fast_decoder`), or None.
+    fast: Callable[[Mapping[str, Any]], Any] | None
 
 
 _CODECS: dict[type, _Codec] = {}
@@ -200,8 +203,97 @@ def _codec(cls: type) -> _Codec:
             decode=tuple((f.name, f.wire, f.required, f.parse) for f in plan),
             values=_values_getter([f.name for f in plan]),
             encode=tuple((f.wire, f.required, f.format) for f in plan),
+            fast=_fast_decoder(cls, plan),
         )
     return codec
+
+
+#: Decimal texts of the small ints headers carry most (queue ids, counts, flags, -1).
+_SMALL_INTS: Final[Mapping[str, int]] = {str(i): i for i in range(-1, 1024)}
+
+
+def _slot_setters(cls: type, names: list[str]) -> list[Callable[[Any, Any], None]] | None:
+    """The slot descriptors' setters of ``names``, when ``cls`` is a slotted dataclass
+    whose ``__init__`` is the generated one and that has no ``__post_init__``: building
+    an instance slot by slot then gives what ``cls(**values)`` gives, in half the time.
+    None otherwise."""
+    init = cls.__dict__.get("__init__")
+    code = getattr(init, "__code__", None)
+    if code is None or code.co_filename != "<string>" or hasattr(cls, "__post_init__"):
+        return None  # a hand-written __init__, or one that checks: call it
+    setters = []
+    for name in names:
+        slot = inspect.getattr_static(cls, name, None)
+        if type(slot) is not types.MemberDescriptorType:
+            return None
+        setters.append(slot.__set__)
+    return setters
+
+
+def _fast_decoder(
+    cls: type, plan: tuple[HeaderField, ...]
+) -> Callable[[Mapping[str, Any]], Any] | None:
+    """``ext -> header`` as straight-line code made once per class, for the usual case:
+    every value present is a str that parses, and absent ones are optional. It raises
+    where :meth:`CommandHeader.from_ext_fields`'s general loop must decide (and give
+    the error, or coerce raw JSON values). None when ``cls`` cannot be built slot by
+    slot (see :func:`_slot_setters`)."""
+    setters = _slot_setters(cls, [f.name for f in plan])
+    if setters is None:
+        return None
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+    names: dict[str, Any] = {"new": object.__new__, "cls": cls, "small": _SMALL_INTS}
+    names["bools"] = _BOOLS
+    lines = ["def decode(ext):", "    get = ext.get", "    obj = new(cls)"]
+    for i, f in enumerate(plan):
+        names[f"set{i}"] = setters[i]
+        lines += [f"    raw = get({f.wire!r})", "    if raw is None:"]
+        default = defaults[f.name]
+        if f.required or default is dataclasses.MISSING:
+            lines.append("        raise LookupError")
+        else:
+            names[f"default{i}"] = default
+            lines.append(f"        set{i}(obj, default{i})")
+        if f.type is str:
+            lines += ["    elif raw.__class__ is str:", f"        set{i}(obj, raw)"]
+            lines += ["    else:", "        raise TypeError"]
+        elif f.type is bool:
+            lines += ["    else:", f"        set{i}(obj, bools[raw])"]
+        elif f.int_range is not None and f.int_range.min <= -1 and f.int_range.max >= 1023:
+            names[f"parse{i}"] = f.parse
+            lines += ["    else:", "        value = small.get(raw)", "        if value is None:"]
+            lines += [f"            value = parse{i}(raw)", f"        set{i}(obj, value)"]
+        else:
+            names[f"parse{i}"] = f.parse
+            lines += ["    else:", f"        set{i}(obj, parse{i}(raw))"]
+    lines.append("    return obj")
+    exec("\n".join(lines), names)  # the code is made here, from the field plan
+    decode: Callable[[Mapping[str, Any]], Any] = names["decode"]
+    return decode
+
+
+def header_converter(source: type, target: type, names: Mapping[str, str]) -> Callable[[Any], Any]:
+    """``header -> target header`` with each ``target`` field ``t`` taken from the
+    source's field ``names[t]``: for header forms that carry the same values under other
+    names (V1/V2 sends). Built slot by slot when ``target`` allows it (twice as fast as
+    calling it)."""
+    fields = list(names)
+    setters = _slot_setters(target, fields)
+    if setters is None:
+
+        def convert_by_call(header: Any) -> Any:
+            return target(**{field: getattr(header, names[field]) for field in fields})
+
+        return convert_by_call
+    env: dict[str, Any] = {"new": object.__new__, "target": target}
+    lines = ["def convert(header):", "    obj = new(target)"]
+    for i, field_name in enumerate(fields):
+        env[f"set{i}"] = setters[i]
+        lines.append(f"    set{i}(obj, header.{names[field_name]})")
+    lines.append("    return obj")
+    exec("\n".join(lines), env)  # the code is made here, from the field names
+    convert: Callable[[Any], Any] = env["convert"]
+    return convert
 
 
 def _values_getter(names: list[str]) -> Callable[[Any], tuple[Any, ...]]:
@@ -298,6 +390,11 @@ class CommandHeader:
         a required key is missing or a value does not parse. Keys the header does not
         know are ignored; raw JSON numbers/booleans are read as Java would spell them."""
         codec = _CODECS.get(cls) or _codec(cls)
+        if ext is not None and codec.fast is not None:
+            try:
+                return cast("Self", codec.fast(ext))
+            except Exception:
+                pass  # missing, malformed or raw JSON values: the loop below decides
         get = (ext or _NO_EXT).get
         kwargs: dict[str, Any] = {}
         wire_name = ""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from rmqtwist.headers.base import CommandHeader, JavaInt, JavaLong, wire
+from rmqtwist.headers.base import CommandHeader, JavaInt, JavaLong, header_converter, wire
 
 __all__ = [
     "CheckTransactionStateRequestHeader",
@@ -72,22 +72,8 @@ class SendMessageRequestHeader(CommandHeader):
 
     def to_v2(self) -> SendMessageRequestHeaderV2:
         """The short-name form (Java ``createSendMessageRequestHeaderV2``)."""
-        return SendMessageRequestHeaderV2(
-            a=self.producer_group,
-            b=self.topic,
-            c=self.default_topic,
-            d=self.default_topic_queue_nums,
-            e=self.queue_id,
-            f=self.sys_flag,
-            g=self.born_timestamp,
-            h=self.flag,
-            i=self.properties,
-            j=self.reconsume_times,
-            k=self.unit_mode,
-            l=self.max_reconsume_times,
-            m=self.batch,
-            n=self.bname,
-        )
+        header: SendMessageRequestHeaderV2 = _V1_TO_V2(self)
+        return header
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -116,22 +102,32 @@ class SendMessageRequestHeaderV2(CommandHeader):
 
     def to_v1(self) -> SendMessageRequestHeader:
         """The long-name form (Java ``createSendMessageRequestHeaderV1``)."""
-        return SendMessageRequestHeader(
-            producer_group=self.a,
-            topic=self.b,
-            default_topic=self.c,
-            default_topic_queue_nums=self.d,
-            queue_id=self.e,
-            sys_flag=self.f,
-            born_timestamp=self.g,
-            flag=self.h,
-            properties=self.i,
-            reconsume_times=self.j,
-            unit_mode=self.k,
-            max_reconsume_times=self.l,
-            batch=self.m,
-            bname=self.n,
-        )
+        header: SendMessageRequestHeader = _V2_TO_V1(self)
+        return header
+
+
+#: V1 field -> V2 field: the two forms of a send header carry the same values.
+_SEND_V1_V2 = {
+    "producer_group": "a",
+    "topic": "b",
+    "default_topic": "c",
+    "default_topic_queue_nums": "d",
+    "queue_id": "e",
+    "sys_flag": "f",
+    "born_timestamp": "g",
+    "flag": "h",
+    "properties": "i",
+    "reconsume_times": "j",
+    "unit_mode": "k",
+    "max_reconsume_times": "l",
+    "batch": "m",
+    "bname": "n",
+}
+# Copied slot by slot: the broker turns every SEND_MESSAGE_V2 header into the V1 form.
+_V2_TO_V1 = header_converter(SendMessageRequestHeaderV2, SendMessageRequestHeader, _SEND_V1_V2)
+_V1_TO_V2 = header_converter(
+    SendMessageRequestHeader, SendMessageRequestHeaderV2, {v: k for k, v in _SEND_V1_V2.items()}
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

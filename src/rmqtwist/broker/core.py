@@ -4,6 +4,7 @@ which messages are stored (delay redirection, record encoding, waking held pulls
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
 import random
 from collections.abc import Callable, Sequence
@@ -77,6 +78,7 @@ class PutResult:
     durable: Deferred[None] | None
 
 
+@functools.lru_cache(maxsize=1024)
 def _is_ip_address(address: str) -> bool:
     host, _, port = address.rpartition(":")
     if not port.isdigit():

@@ -4,7 +4,7 @@ wrong becomes a clear error response instead of a traceback."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from zope.interface import implementer
@@ -34,7 +34,7 @@ def answer(
     request: RemotingCommand,
     code: int = ResponseCode.SUCCESS,
     remark: str | None = None,
-    ext_fields: dict[str, Any] | None = None,
+    ext_fields: Mapping[str, Any] | None = None,
     body: bytes = b"",
 ) -> RemotingCommand:
     """The broker's response to ``request``."""

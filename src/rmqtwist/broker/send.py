@@ -10,6 +10,7 @@ the message is on disk.
 from __future__ import annotations
 
 import dataclasses
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from twisted.internet.defer import Deferred
@@ -126,31 +127,32 @@ class SendProcessor(BrokerProcessor):
     def _response(self, request: RemotingCommand, results: list[PutResult]) -> RemotingCommand:
         config = self.broker.config
         first = results[0]
-        return answer(
-            request,
-            ext_fields={
+        # a read-only mapping of strings is taken as it is (no copy, no checks)
+        ext = MappingProxyType(
+            {
                 "msgId": ",".join(result.msg_id for result in results),
                 "queueId": str(first.queue_id),
                 "queueOffset": str(first.queue_offset),
                 "MSG_REGION": config.region_id,
                 "TRACE_ON": "true" if config.trace_on else "false",
-            },
+            }
         )
+        return answer(request, ext_fields=ext)
 
     # -- checks shared by single and batch sends --------------------------------------
 
     def _topic(self, context: IRequestContext, header: SendMessageRequestHeader) -> TopicConfig:
         topic_name = header.topic
-        problem = topic_problem(topic_name)
-        if problem is not None:
-            raise _Refused(ResponseCode.SYSTEM_ERROR, problem)
         if topic_name in _FORBIDDEN_TOPICS:
             raise _Refused(
                 ResponseCode.NO_PERMISSION, f"Sending message to topic[{topic_name}] is forbidden."
             )
         topics = self.broker.topics
         topic = topics.get(topic_name)
-        if topic is None:
+        if topic is None:  # names of existing topics were checked when they were made
+            problem = topic_problem(topic_name)
+            if problem is not None:
+                raise _Refused(ResponseCode.SYSTEM_ERROR, problem)
             if is_retry_topic(topic_name):
                 topic = topics.ensure(topic_name, 1, PERM_READ | PERM_WRITE)
             else:
@@ -242,6 +244,8 @@ class SendProcessor(BrokerProcessor):
             result = self.broker.put(draft)
         # Apache answers with the queue the producer asked for (or the one picked for it)
         # even when the message waits in the delay or half topic, or went to the DLQ.
+        if result.queue_id == queue_id and result.topic == topic.name:
+            return result
         return dataclasses.replace(result, topic=topic.name, queue_id=queue_id)
 
     def _maybe_dead_letter(

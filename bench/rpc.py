@@ -35,12 +35,9 @@ from __future__ import annotations
 import argparse
 import array
 import contextlib
-import ctypes
 import json
-import math
 import multiprocessing
 import os
-import platform
 import re
 import resource
 import select
@@ -63,6 +60,20 @@ from typing import Any
 from twisted.python.failure import Failure
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+
+from _harness import (
+    cpu_seconds,
+    die_with_parent,
+    free_port,
+    innermost,
+    machine_info,
+    percentile,
+    python_speed,
+    settled_rss,
+    signal_group,
+    sleep_until,
+    tail,
+)
 
 from rmqtwist import RemotingCommand, RequestCode, SerializeType, __version__
 from rmqtwist.codec import FrameDecoder, encode_frame
@@ -769,7 +780,7 @@ def _wait_writable(sock: socket.socket, deadline: float) -> None:
 
 def _client_main(pipe: Connection, spec: ClientSpec, parent: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
-    _die_with_parent(signal.SIGKILL)
+    die_with_parent(signal.SIGKILL)
     if os.getppid() != parent:
         return  # it died already
     try:
@@ -806,27 +817,15 @@ runpy.run_module("twisted", run_name="__main__", alter_sys=True)
 """
 
 
-def _die_with_parent(signum: int) -> None:
-    """Have the kernel send ``signum`` when the parent dies, however it dies."""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signum)  # PR_SET_PDEATHSIG
-
-
 def _server_preexec(cpus: list[int] | None) -> Callable[[], None]:
     def preexec() -> None:
         """In the server's process before exec: SIGTERM when the benchmark dies (twist
         then stops gracefully), and the CPU affinity."""
-        _die_with_parent(signal.SIGTERM)
+        die_with_parent(signal.SIGTERM)
         if cpus:
             os.sched_setaffinity(0, cpus)
 
     return preexec
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class ServerProcess:
@@ -869,12 +868,12 @@ class ServerProcess:
                     preexec_fn=_server_preexec(self.cpus),
                 )
             if self._wait_listening(timeout):
-                self.pid = _innermost(self.proc.pid)
+                self.pid = innermost(self.proc.pid)
                 return
             self.stop()
         raise RuntimeError(
             f"the server did not start listening: {' '.join(argv)}\n"
-            f"its log ({self.log_path}):\n{_tail(self.log_path)}"
+            f"its log ({self.log_path}):\n{tail(self.log_path)}"
         )
 
     def _wait_listening(self, timeout: float) -> bool:
@@ -896,69 +895,12 @@ class ServerProcess:
             return
         # The whole process group: a wrapper (shell, pyenv shim) may not pass it on.
         # twist stops gracefully, then exits by the signal.
-        _signal_group(proc, signal.SIGTERM)
+        signal_group(proc, signal.SIGTERM)
         try:
             proc.wait(15)
         except subprocess.TimeoutExpired:
-            _signal_group(proc, signal.SIGKILL)
+            signal_group(proc, signal.SIGKILL)
             proc.wait(5)
-
-
-def _signal_group(proc: subprocess.Popen[bytes], signum: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signum)  # started with start_new_session: pgid == pid
-
-
-def _innermost(pid: int) -> int:
-    """The process the command ends up running: follows only children (a shell, a shim)."""
-    for _ in range(5):
-        try:
-            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-        except OSError:
-            break
-        if len(children) != 1:
-            break
-        pid = int(children[0])
-    return pid
-
-
-def _tail(path: Path, lines: int = 20) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for process {pid}")
-
-
-def cpu_seconds(pid: int | None) -> float | None:
-    """User + system CPU time of ``pid`` so far, or None when unknown."""
-    if pid is None:
-        return None
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def settled_rss(pid: int, settle: float) -> int:
-    """VmRSS once it stops changing (after ``settle`` seconds, then up to 5 s more)."""
-    time.sleep(settle)
-    last = rss_kib(pid)
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        time.sleep(0.25)
-        now = rss_kib(pid)
-        if now == last:
-            break
-        last = now
-    return last
 
 
 class StatsClient:
@@ -1188,12 +1130,6 @@ def _rounded(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
 
 
-def percentile(sorted_values: list[int], q: float) -> int:
-    """Nearest-rank percentile of an ascending, non-empty list."""
-    index = math.ceil(q * len(sorted_values) - 1e-9) - 1
-    return sorted_values[max(0, min(len(sorted_values) - 1, index))]
-
-
 def spread(total: int, parts: int) -> list[int]:
     """``total`` split over ``parts`` as evenly as possible."""
     return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
@@ -1361,11 +1297,11 @@ class Bench:
             window_end = window_start + int(args.duration * 1e9)
             for _, pipe in workers:
                 pipe.send(("go", window_start, window_end))
-            _sleep_until(window_start)
+            sleep_until(window_start)
             cpu0 = cpu_seconds(self.server_pid)
             cpu0_at = time.monotonic()
             at_start, t_start = read_stats() if oneway else (None, 0.0)
-            _sleep_until(window_end)
+            sleep_until(window_end)
             at_end, t_end = read_stats() if oneway else (None, 0.0)
             cpu1 = cpu_seconds(self.server_pid)
             server_window = time.monotonic() - cpu0_at
@@ -1539,12 +1475,6 @@ def _receive(pipe: Connection, proc: multiprocessing.process.BaseProcess, timeou
         raise RuntimeError(f"client process {proc.pid} died (exit code {proc.exitcode})") from None
 
 
-def _sleep_until(deadline_ns: int) -> None:
-    left = (deadline_ns - time.monotonic_ns()) / 1e9
-    if left > 0:
-        time.sleep(left)
-
-
 def _open_many(
     address: tuple[str, int], count: int, stats: StatsClient, base: int, errors: Counter[str]
 ) -> tuple[list[socket.socket], int | None]:
@@ -1680,69 +1610,6 @@ def _judge(result: Result, kind: str, target: float) -> None:
 # ---------------------------------------------------------------------------
 # Output
 # ---------------------------------------------------------------------------
-
-
-def python_speed() -> float:
-    """Nanoseconds per iteration of a plain Python loop (best of 5): how fast this
-    machine runs Python right now, to compare runs made at different times."""
-    best = math.inf
-    for _ in range(5):
-        started = time.perf_counter_ns()
-        total = 0
-        for i in range(200_000):
-            total += i
-        best = min(best, (time.perf_counter_ns() - started) / 200_000)
-    return round(best, 1)
-
-
-def cpu_speeds() -> dict[int, float]:
-    """:func:`python_speed` on each CPU this process may use, pinned to it in turn.
-
-    The CPUs of a VM need not be equally fast (on the machine these benchmarks were
-    written on, one ran Python 7-10% slower than the other); the bench shows them so
-    that a reader can tell."""
-    cpus = sorted(os.sched_getaffinity(0))
-    speeds: dict[int, float] = {}
-    try:
-        for cpu in cpus:
-            os.sched_setaffinity(0, [cpu])
-            speeds[cpu] = python_speed()
-    finally:
-        os.sched_setaffinity(0, cpus)
-    return speeds
-
-
-def machine_info() -> dict[str, Any]:
-    cpu = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    commit = ""
-    with contextlib.suppress(Exception):
-        commit = subprocess.run(
-            ["git", "-C", str(Path(__file__).resolve().parent), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-        ).stdout.strip()
-    import twisted
-
-    return {
-        "cpu": cpu,
-        "cpus": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)),
-        "load_avg": [round(x, 2) for x in os.getloadavg()],
-        "kernel": platform.release(),
-        "python": f"{platform.python_implementation()} {platform.python_version()}",
-        "twisted": twisted.__version__,
-        "rmqtwist": __version__.public(),
-        "commit": commit,
-        "nofile_limit": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
-        "python_loop_ns": python_speed(),
-        "python_loop_ns_per_cpu": cpu_speeds(),
-    }
 
 
 def _fmt(value: float | None, spec: str = ",.0f") -> str:
@@ -2150,7 +2017,7 @@ def main() -> int:
     if soft < hard:  # the memory test opens thousands of sockets (the server inherits it)
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     signal.signal(signal.SIGTERM, _terminate)
-    machine = machine_info()
+    machine = machine_info(__version__.public())
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="rmqtwist-bench-") as tmp:
         try:

@@ -509,7 +509,7 @@ class Bench:
         spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
         out = Path(self.args.py_spy) / f"{row.name}-{row.store}-{row.body}.txt".replace(" ", "-")
         out.parent.mkdir(parents=True, exist_ok=True)
-        command = [spy, "record", "--pid", str(server.pid), "--rate", "250", "--nonblocking"]
+        command = [spy, "record", "--pid", str(server.pid), "--rate", "250"]
         command += ["--duration", str(math.floor(self.args.duration)), "--format", "raw"]
         return subprocess.Popen([*command, "-o", str(out)], stdout=subprocess.DEVNULL), out
 

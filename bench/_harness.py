@@ -435,7 +435,7 @@ def print_table(columns: Sequence[Column], rows: Sequence[dict[str, Any]]) -> No
 _FRAME = re.compile(r"^(.*) \((?:.*/)?([^/()]+?)(?::\d+)?\)$")
 
 
-def print_stacks(path: Path, title: str, process: str | None = None, top: int = 25) -> None:
+def print_stacks(path: Path, title: str, process: str | None = None, top: int = 40) -> None:
     """Where the samples of py-spy's ``--format raw`` file ``path`` went (only the stacks
     whose process frame holds ``process``, if given): each function's share of the busy
     samples with its callees (inclusive) and without (self), as ``function (file)``."""
@@ -460,6 +460,8 @@ def print_stacks(path: Path, title: str, process: str | None = None, top: int = 
     print(f"\n{title}: {total} busy samples (py-spy, {path})")
     if not total:
         return
+    # Frames in (nearly) every sample are the reactor's loop and its callers: left out.
+    inclusive = Counter({f: n for f, n in inclusive.items() if n < 0.98 * total})
     for name, counter in (("inclusive", inclusive), ("self", own)):
         print(f"  -- {name}")
         for frame, n in counter.most_common(top):

@@ -1,15 +1,19 @@
 """``MemoryStore``: every record in memory, capped in bytes (the dev broker's default store).
 
-Each queue keeps its records back to back in chunks (a growing ``bytearray``, copied to an
-exact-size ``bytes`` once full) and three ``array`` columns: where each record starts, its
-tag hash, and its physical offset less its chunk's first one (for :meth:`read_at`). A
-record costs its own bytes plus 16 bytes of index, whatever the number of queues. Past
-the cap the oldest chunk of the largest queue is dropped, so min offsets move.
+Each queue keeps its records back to back in chunks and three ``array`` columns: where
+each record starts, its tag hash, and its physical offset less its chunk's first one (for
+:meth:`read_at`). A chunk is an anonymous ``mmap`` of ``chunk_size`` bytes filled in
+place: the kernel gives it pages only as they are written, nothing is copied when it
+fills up, and a dropped chunk goes back to the kernel at once, so the heap does not
+fragment as the store grows and shrinks. A record costs its own bytes plus 16 bytes of
+index, whatever the number of queues. Past the cap the oldest chunk of the largest queue
+is dropped, so min offsets move.
 """
 
 from __future__ import annotations
 
 import json
+import mmap
 from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
@@ -47,8 +51,9 @@ class _Queue:
     ``pos[i]`` is ``chunk_seq << 32 | start`` of the record at queue offset ``base + i``,
     ``tags[i]`` its tag hash and ``rel[i]`` its physical offset less its chunk's first;
     entries before ``first`` were dropped (the arrays are compacted once that is half).
-    Chunk ``seq`` is ``chunks[seq - chunk_seq0]``; ``chunk_first`` and ``chunk_phys`` hold
-    the queue offset and physical offset of each chunk's first record.
+    Chunk ``seq`` is ``chunks[seq - chunk_seq0]``, filled up to ``fills[seq - chunk_seq0]``;
+    ``chunk_first`` and ``chunk_phys`` hold the queue offset and physical offset of each
+    chunk's first record.
     """
 
     __slots__ = (
@@ -57,6 +62,7 @@ class _Queue:
         "chunk_phys",
         "chunk_seq0",
         "chunks",
+        "fills",
         "first",
         "pos",
         "rel",
@@ -70,13 +76,14 @@ class _Queue:
         self.rel: array[int] = array("I")
         self.base = 0
         self.first = 0
-        self.chunks: list[bytes | bytearray] = []
+        self.chunks: list[mmap.mmap] = []
+        self.fills: list[int] = []
         self.chunk_seq0 = 0
         self.chunk_first: list[int] = []
         self.chunk_phys: list[int] = []
         self.stored = 0
 
-    def locate(self, i: int) -> tuple[bytes | bytearray, int, int]:
+    def locate(self, i: int) -> tuple[mmap.mmap, int, int]:
         """(chunk, start, end) of the record at index ``i``."""
         pos = self.pos
         p = pos[i]
@@ -84,30 +91,39 @@ class _Queue:
         chunk = self.chunks[seq - self.chunk_seq0]
         if i + 1 < len(pos) and pos[i + 1] >> 32 == seq:
             return chunk, p & _LOW, pos[i + 1] & _LOW
-        return chunk, p & _LOW, len(chunk)
+        return chunk, p & _LOW, self.fills[seq - self.chunk_seq0]
 
     def record(self, i: int) -> bytes:
         """The record at index ``i`` as bytes."""
         chunk, start, end = self.locate(i)
-        return bytes(chunk[start:end])
+        return chunk[start:end]
+
+    def close(self) -> None:
+        """Give every chunk back to the kernel."""
+        for chunk in self.chunks:
+            chunk.close()
+        self.chunks.clear()
+        self.fills.clear()
 
     def drop_oldest_chunk(self) -> tuple[int, int]:
         """Drop the oldest chunk; (messages, bytes) dropped."""
         chunk = self.chunks.pop(0)
+        filled = self.fills.pop(0)
+        chunk.close()
         first = self.chunk_first.pop(0)
         self.chunk_phys.pop(0)
         self.chunk_seq0 += 1
         end = self.chunk_first[0] if self.chunk_first else self.base + len(self.pos)
         count = end - first
         self.first += count
-        self.stored -= len(chunk)
+        self.stored -= filled
         if self.first >= 1024 and self.first * 2 >= len(self.pos):
             del self.pos[: self.first]
             del self.tags[: self.first]
             del self.rel[: self.first]
             self.base += self.first
             self.first = 0
-        return count, len(chunk)
+        return count, filled
 
 
 @implementer(IMessageStore)
@@ -209,23 +225,24 @@ class MemoryStore:
         self._next_physical = physical + size
         set_offsets(record, offset, physical)
         chunks = queue.chunks
-        active = chunks[-1] if chunks else None
+        fills = queue.fills
         if (
-            not isinstance(active, bytearray)
-            or (active and len(active) + size > self._chunk_size)
+            not chunks
+            or fills[-1] + size > len(chunks[-1])
             or physical - queue.chunk_phys[-1] > _LOW
         ):
-            if isinstance(active, bytearray):
-                chunks[-1] = bytes(active)  # exact size, and slices are bytes
-            active = bytearray()
-            chunks.append(active)
+            chunks.append(mmap.mmap(-1, max(self._chunk_size, size)))
+            fills.append(0)
             queue.chunk_first.append(offset)
             queue.chunk_phys.append(physical)
+        active = chunks[-1]
+        fill = fills[-1]
         seq = queue.chunk_seq0 + len(chunks) - 1
-        queue.pos.append(seq << 32 | len(active))
+        queue.pos.append(seq << 32 | fill)
         queue.tags.append(tag_hash)
         queue.rel.append(physical - queue.chunk_phys[-1])
-        active += record
+        active[fill : fill + size] = record
+        fills[-1] = fill + size
         queue.stored += size
         self.stored_bytes += size
         self.message_count += 1
@@ -296,11 +313,13 @@ class MemoryStore:
             stop = min(count, i + max(max_count, SCAN_LIMIT))
         records: list[bytes] = []
         chunks = queue.chunks
+        fills = queue.fills
         seq0 = queue.chunk_seq0
         tags = queue.tags
         total = 0
         current = -1
-        chunk: bytes | bytearray = b""
+        chunk_end = 0
+        chunk: mmap.mmap | None = None
         while i < stop:
             if tag_hashes is not None and tags[i] not in tag_hashes:
                 i += 1
@@ -310,13 +329,14 @@ class MemoryStore:
             if seq != current:
                 current = seq
                 chunk = chunks[seq - seq0]
+                chunk_end = fills[seq - seq0]
+            assert chunk is not None
             start = p & _LOW
-            end = pos[i + 1] & _LOW if i + 1 < count and pos[i + 1] >> 32 == seq else len(chunk)
+            end = pos[i + 1] & _LOW if i + 1 < count and pos[i + 1] >> 32 == seq else chunk_end
             total += end - start
             if total > max_bytes and records:
                 break
-            # bytes() of a slice of a sealed (bytes) chunk is that slice: no second copy.
-            records.append(bytes(chunk[start:end]))
+            records.append(chunk[start:end])  # a slice of an mmap is bytes: one copy
             i += 1
             if len(records) >= max_count:
                 break
@@ -397,6 +417,7 @@ class MemoryStore:
         for queue in self._topics.pop(topic, {}).values():
             self.message_count -= len(queue.pos) - queue.first
             self.stored_bytes -= queue.stored
+            queue.close()
 
     # -- metadata
 

@@ -103,3 +103,16 @@ def test_code_name() -> None:
     assert code_name(105) == "GET_ROUTEINFO_BY_TOPIC"
     assert code_name(3, response=True) == "REQUEST_CODE_NOT_SUPPORTED"
     assert code_name(31337) == "31337"
+
+
+def test_response_to_with_a_read_only_map_equals_the_general_path() -> None:
+    from types import MappingProxyType
+
+    request = RemotingCommand.request(
+        10, {"a": "1"}, opaque=7, serialize_type=SerializeType.ROCKETMQ
+    )
+    fast = RemotingCommand.response_to(request, 0, "ok", MappingProxyType({"k": "v"}), b"b")
+    slow = RemotingCommand.response_to(request, 0, "ok", {"k": "v"}, b"b")
+    assert fast == slow and hash(fast) == hash(slow)
+    assert (fast.opaque, fast.is_response, fast.serialize_type) == (7, True, SerializeType.ROCKETMQ)
+    assert fast.ext_fields == {"k": "v"}

@@ -116,6 +116,23 @@ class RemotingCommand:
         version: int = DEFAULT_VERSION,
     ) -> RemotingCommand:
         """The response to ``request``: same opaque and serialize type, response bit set."""
+        if (
+            cls is RemotingCommand
+            and (ext_fields is None or type(ext_fields) is MappingProxyType)
+            and type(body) is bytes
+        ):
+            # already what __post_init__ would make of them: skip the dataclass __init__
+            return _from_wire(
+                code,
+                language,
+                version,
+                request.opaque,
+                FLAG_RESPONSE,
+                remark,
+                ext_fields,
+                body,
+                request.serialize_type,
+            )
         return cls(
             code=code,
             language=language,

@@ -65,7 +65,7 @@ class Draft:
     prepared_transaction_offset: int = 0
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(slots=True)
 class PutResult:
     """Where a message went: its queue, offsets, offset msgId, and a Deferred firing when
     it is durable (None when there is nothing to wait for)."""

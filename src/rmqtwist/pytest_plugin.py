@@ -50,11 +50,17 @@ class BrokerFixtureWarning(UserWarning):
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Declare the marker (sessions run with ``--strict-markers`` would refuse it)."""
+    """Declare the marker (sessions run with ``--strict-markers`` would refuse it), and
+    silence the DeprecationWarning that crochet 2.1 raises at every blocking call
+    (``Event.isSet``), which a test that uses the broker in crochet's thread would
+    otherwise report many times over."""
     config.addinivalue_line(
         "markers",
         f"{_MARKER}(**options): start the rocketmq_broker fixture's broker with these "
         "rmqtwist.testing.start_broker options (BrokerConfig fields, config=, store=)",
+    )
+    config.addinivalue_line(
+        "filterwarnings", r"ignore:isSet\(\) is deprecated:DeprecationWarning:crochet"
     )
 
 

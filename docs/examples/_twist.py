@@ -5,6 +5,7 @@ Not an example itself (``run_all.py`` skips modules whose name starts with ``_``
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import socket
@@ -22,12 +23,29 @@ ENV = {
 }
 
 
+@dataclasses.dataclass
+class Twist:
+    """A running ``twist rmq-remoting``: its address, its process, and the log lines it
+    wrote until it listened."""
+
+    address: str
+    process: subprocess.Popen[str]
+    log: list[str]
+
+
 @contextmanager
-def twist_server(*options: str) -> Iterator[str]:
-    """Run ``twist rmq-remoting`` on a free port of 127.0.0.1; yield its address."""
+def twist_process(*options: str) -> Iterator[Twist]:
+    """Run ``twist rmq-remoting`` on a free port of 127.0.0.1 until the block ends (or
+    the block kills it). Ready once it says where it listens: the dev broker's line
+    (which comes once its store is open), or with ``--processor`` the server's."""
     script = Path(sys.executable).with_name("twist")
     twist = [str(script)] if script.exists() else [sys.executable, "-m", "twisted"]
     listen = ["--listen", "tcp:0:interface=127.0.0.1"]
+    ready = (
+        r"listening on (127\.0\.0\.1:\d+)"
+        if "--processor" in options
+        else r"give clients the name server address (127\.0\.0\.1:\d+)"
+    )
     server = subprocess.Popen(
         [*twist, "--log-format=text", "rmq-remoting", *listen, *options],
         env=ENV,
@@ -38,17 +56,27 @@ def twist_server(*options: str) -> Iterator[str]:
     )
     try:
         assert server.stdout is not None
+        log = []
         for line in server.stdout:  # wait until it says where it listens
-            listening = re.search(r"listening on (127\.0\.0\.1:\d+)", line)
+            log.append(line)
+            listening = re.search(ready, line)
             if listening:
                 break
         else:
-            raise SystemExit("twist rmq-remoting exited before listening")
-        yield listening.group(1)
+            raise SystemExit("twist rmq-remoting exited before listening:\n" + "".join(log))
+        yield Twist(listening.group(1), server, log)
     finally:
-        server.terminate()
+        if server.poll() is None:
+            server.terminate()
         server.wait(timeout=30)
         server.stdout.close()  # type: ignore[union-attr]
+
+
+@contextmanager
+def twist_server(*options: str) -> Iterator[str]:
+    """Run ``twist rmq-remoting`` on a free port of 127.0.0.1; yield its address."""
+    with twist_process(*options) as running:
+        yield running.address
 
 
 def free_address() -> str:

@@ -36,9 +36,10 @@ class BrokerConfig:
     #: The broker's name in routes (``brokerName``) and its cluster's.
     broker_name: str = "broker-a"
     cluster_name: str = "DefaultCluster"
-    #: ``host:port`` put into routes and store hosts instead of the address each client
-    #: connected to (None: that address, which works on loopback, in containers and
-    #: behind port mapping alike).
+    #: ``host:port`` put into routes (and, when it is an IP address, into stored messages)
+    #: instead of the address each client connected to. None: that address, which works
+    #: on loopback and wherever clients reach the broker directly; behind NAT (a
+    #: published container port, a NodePort) clients need the address given here.
     advertise: str | None = None
     #: Create a topic on the first send to it (and on a consumer's subscription).
     auto_create_topic: bool = True

@@ -1,8 +1,10 @@
 """The name-server role: topic routes (105), cluster info (106) and the topic list (206).
 
 Every route names this broker at the address the asking client connected to (or
-``advertise``), so the same broker works on loopback, in a container and behind port
-mapping without configuration.
+``advertise``), so the same broker works without configuration on loopback, on a
+machine's own address and in a container whose address its clients can reach; behind
+NAT (a published container port seen from elsewhere, a Kubernetes NodePort) the broker
+cannot see the address clients used, and ``advertise`` names it.
 """
 
 from __future__ import annotations

@@ -4,11 +4,13 @@ pulls, stops the server gracefully, saves offsets and closes the store."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, ensureDeferred, fail, succeed
+from twisted.internet.error import CannotListenError
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -96,6 +98,7 @@ class BrokerService(Service):
         self._loops: list[LoopingCall] = []
         self._start_outcome: Failure | bool | None = None  # True once started
         self._start_waiters: list[Deferred[None]] = []
+        self._start_called = False
 
     @property
     def config(self) -> BrokerConfig:
@@ -110,6 +113,7 @@ class BrokerService(Service):
 
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
+        self._start_called = True
         # Listen now, outside any Deferred, so that a port that cannot be listened on
         # ends `twist` at once (the command-line server exits); connections are refused
         # until the store is open and loaded.
@@ -124,7 +128,10 @@ class BrokerService(Service):
             waiter.callback(None)
 
     def _start_failed(self, failure: Failure) -> None:
-        _log.failure("The broker failed to start", failure)
+        if isinstance(failure.value, CannotListenError):  # the listener logged it, in a line
+            _log.error("The broker failed to start: {error}", error=failure.getErrorMessage())
+        else:
+            _log.failure("The broker failed to start", failure)
         self._start_outcome = failure
         waiters, self._start_waiters = self._start_waiters, []
         for waiter in waiters:
@@ -197,6 +204,9 @@ class BrokerService(Service):
     async def _stop(self) -> None:
         broker = self.broker
         broker.stopping = True
+        if self._start_called and self._start_outcome is None:  # still opening the store
+            with contextlib.suppress(Exception):
+                await self.when_started()
         for loop in self._loops:
             if loop.running:
                 loop.stop()

@@ -10,9 +10,10 @@ from twisted.application.service import ServiceMaker
 from rmqtwist.processors import echo_plugin, log_plugin, stats_plugin
 
 serviceMaker = ServiceMaker(  # noqa: N816 (the name twisted's own plugins use)
-    "rmqtwist remoting server",
+    "rmqtwist dev broker",
     "rmqtwist.tap",
-    "An Apache RocketMQ remoting server (echo and runtime stats by default).",
+    "The rmqtwist dev broker: a RocketMQ name server and broker on one port "
+    "(or, with --processor, a plain remoting server).",
     "rmq-remoting",
 )
 

@@ -642,3 +642,33 @@ def test_binary_frame_packed_at_once_is_prefix_header_and_body(
     header = encode_header(command)
     prefix = struct.pack(">ii", 4 + len(header) + len(command.body), (1 << 24) | len(header))
     assert encode_frame(command) == prefix + header + command.body
+
+
+@pytest.mark.parametrize(
+    "fragment",
+    [
+        '"remark":"\\ud800"',
+        '"remark":"x\\uDFFFy"',
+        '"extFields":{"k":"\\udbff"}',
+        '"extFields":{"\\ud800":"v"}',
+        '"extFields":{"k":{"nested":"\\ud800"}}',
+    ],
+)
+def test_a_lone_surrogate_in_a_json_header_is_malformed(fragment: str) -> None:
+    header = '{"code":10,"flag":0,"language":"JAVA","opaque":1,"version":401,' + fragment + "}"
+    raw = header.encode("ascii")
+    frame = struct.pack(">ii", 4 + len(raw), len(raw)) + raw
+    with pytest.raises(MalformedFrame, match="lone UTF-16 surrogate"):
+        FrameDecoder().feed(frame)
+
+
+def test_a_surrogate_pair_and_an_escaped_backslash_are_fine() -> None:
+    for fragment, remark in (
+        ('"remark":"\\ud83d\\ude00"', "\U0001f600"),
+        ('"remark":"\\\\ud800"', "\\ud800"),
+    ):
+        header = '{"code":10,"flag":0,"language":"JAVA","opaque":1,"version":401,' + fragment + "}"
+        raw = header.encode("ascii")
+        frame = struct.pack(">ii", 4 + len(raw), len(raw)) + raw
+        (command,) = FrameDecoder().feed(frame)
+        assert command.remark == remark

@@ -214,6 +214,23 @@ def _nested_json(value: object) -> str:
     return _quote(value) if isinstance(value, str) else _ext_text(value)
 
 
+#: A \\u escape of a UTF-16 surrogate (paired ones decode to one character; lone ones
+#: decode to a code point no UTF-8 encoder writes).
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _check_no_lone_surrogate(header: dict[str, Any]) -> None:
+    """Refuse a header holding a lone surrogate (``"\\ud800"``): it could never be
+    written back, as the binary header already refuses it."""
+    try:
+        json.dumps(header, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as e:
+        bad = e.object[e.start : e.end]
+        raise MalformedFrame(
+            f"JSON header holds a lone UTF-16 surrogate ({bad!a}), which is not text"
+        ) from None
+
+
 def _decode_json_header(text: str, body: bytes) -> RemotingCommand:
     try:
         header = _json_decode(text)
@@ -221,6 +238,8 @@ def _decode_json_header(text: str, body: bytes) -> RemotingCommand:
         raise MalformedFrame(f"JSON header is not valid JSON: {e}") from None
     if type(header) is not dict:
         raise MalformedFrame(f"JSON header is not an object: {text[:64]!r}")
+    if "\\u" in text and _SURROGATE_ESCAPE.search(text) is not None:
+        _check_no_lone_surrogate(header)
     get = header.get
     code = get("code")
     opaque = get("opaque", 0)

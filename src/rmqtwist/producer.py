@@ -1,0 +1,546 @@
+"""A RocketMQ producer on the remoting protocol, behaving as Java's 4.9 client does.
+
+:class:`Producer` fetches topic routes from the name servers (GET_ROUTEINFO_BY_TOPIC),
+caches them and refreshes them every ``route_refresh`` seconds and after a failed send;
+a topic the name servers do not know (TOPIC_NOT_EXIST) is sent with TBW102's route and
+``defaultTopic=TBW102``, so a broker with auto-create makes it, as Java does. The queue is
+chosen round-robin across every writable queue of every master (brokerId 0).
+
+A send that fails with a retryable code (17, 14, 1, 16, 204, 205) or a connection error
+or timeout is tried again (``retries`` more times) on another broker where there is one.
+Fault avoidance, a simple form of Java's ``MQFaultStrategy``: a broker whose send failed
+is avoided for ``isolation`` seconds (30 s by default, Java's figure for a failure);
+queues of avoided brokers are picked only when every broker is avoided.
+
+Every message gets a UNIQ_KEY (:class:`~rmqtwist.message.UniqueIdGenerator`) and WAIT=true;
+bodies of ``compress_over`` bytes or more are zlib-compressed with sysFlag 0x1 | 0x300
+(Java 4.9.4+). Heartbeats (HEART_BEAT with the producer group) go every ``heartbeat_interval``
+seconds to the brokers used; :meth:`Producer.shutdown` sends UNREGISTER_CLIENT to them.
+Time comes from the injected reactor; no threads.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+import re
+import zlib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, succeed
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from rmqtwist.client import RemotingClient
+from rmqtwist.codes import RequestCode, ResponseCode
+from rmqtwist.command import RemotingCommand
+from rmqtwist.errors import RemotingCallError, RemotingError
+from rmqtwist.headers import (
+    GetRouteInfoRequestHeader,
+    SendMessageRequestHeaderV2,
+    SendMessageResponseHeader,
+    UnregisterClientRequestHeader,
+)
+from rmqtwist.message import (
+    Message,
+    MessageSysFlag,
+    Property,
+    UniqueIdGenerator,
+    compress_body,
+    encode_batch,
+    encode_properties,
+)
+
+__all__ = [
+    "DEFAULT_TOPIC",
+    "MessageQueue",
+    "NoRouteError",
+    "Producer",
+    "ProducerClosedError",
+    "ProducerError",
+    "SendFailedError",
+    "SendResult",
+    "SendStatus",
+    "TopicRoute",
+    "parse_route",
+    "stable_hash",
+]
+
+_log = Logger()
+
+#: The topic whose route a producer uses for a topic the name servers do not know.
+DEFAULT_TOPIC: Final = "TBW102"
+#: Response codes after which Java's 4.9 producer tries again.
+RETRY_CODES: Final = frozenset({17, 14, 1, 16, 204, 205})
+_PERM_WRITE: Final = 2
+_COMPRESSED: Final = int(MessageSysFlag.COMPRESSED | MessageSysFlag.COMPRESSION_ZLIB)
+
+
+class ProducerError(RemotingError):
+    """Base of the producer's errors."""
+
+
+class NoRouteError(ProducerError):
+    """No name server gave a route with a writable master queue for the topic."""
+
+
+class ProducerClosedError(ProducerError):
+    """The producer is not started, or has been shut down."""
+
+
+class SendFailedError(ProducerError):
+    """A send failed on every try; :attr:`causes` holds ``(broker_name, error)`` per try."""
+
+    def __init__(self, topic: str, causes: Sequence[tuple[str, BaseException]]) -> None:
+        self.topic = topic
+        self.causes = list(causes)
+        tries = "; ".join(f"{name}: {error}" for name, error in self.causes)
+        super().__init__(f"send to {topic!r} failed after {len(self.causes)} tries ({tries})")
+
+
+class BrokerResponseError(ProducerError):
+    """A broker answered a send with a code that is not a success."""
+
+    def __init__(self, code: int, remark: str | None) -> None:
+        self.code = code
+        self.remark = remark
+        try:
+            name = ResponseCode(code).name
+        except ValueError:
+            name = "UNKNOWN"
+        super().__init__(f"{name} ({code}): {remark or ''}")
+
+
+class SendStatus(enum.Enum):
+    """How a broker took a message (Java's ``SendStatus``)."""
+
+    SEND_OK = "SEND_OK"
+    FLUSH_DISK_TIMEOUT = "FLUSH_DISK_TIMEOUT"
+    FLUSH_SLAVE_TIMEOUT = "FLUSH_SLAVE_TIMEOUT"
+    SLAVE_NOT_AVAILABLE = "SLAVE_NOT_AVAILABLE"
+
+
+_STATUS_BY_CODE: Final = {
+    ResponseCode.SUCCESS: SendStatus.SEND_OK,
+    ResponseCode.FLUSH_DISK_TIMEOUT: SendStatus.FLUSH_DISK_TIMEOUT,
+    ResponseCode.FLUSH_SLAVE_TIMEOUT: SendStatus.FLUSH_SLAVE_TIMEOUT,
+    ResponseCode.SLAVE_NOT_AVAILABLE: SendStatus.SLAVE_NOT_AVAILABLE,
+}
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class MessageQueue:
+    """One queue of a topic on one broker (Java's ``MessageQueue``)."""
+
+    topic: str
+    broker_name: str
+    queue_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    """What a send gave: ``msg_id`` is the UNIQ_KEY (comma-joined for a batch),
+    ``offset_msg_id`` the broker's store id, ``queue_offset`` the first message's."""
+
+    status: SendStatus
+    msg_id: str
+    offset_msg_id: str
+    queue: MessageQueue
+    queue_offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class TopicRoute:
+    """A parsed route: master address per broker name, and the writable queues in order."""
+
+    masters: dict[str, str]
+    queues: tuple[MessageQueue, ...]
+
+
+_UNQUOTED_KEY = re.compile(r"([{,]\s*)(-?\d+)(\s*:)")
+
+
+def parse_route(topic: str, body: bytes) -> TopicRoute:
+    """Parse a TopicRouteData body, with quoted or Java's unquoted ``brokerAddrs`` keys.
+
+    Keeps masters (brokerId 0) and the queues with the write permission of brokers that
+    have a master, sorted by broker name then queue id (as Java orders them).
+    """
+    text = body.decode("utf-8")
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = json.loads(_UNQUOTED_KEY.sub(r'\1"\2"\3', text))
+    masters: dict[str, str] = {}
+    for broker in data.get("brokerDatas") or ():
+        addresses = broker.get("brokerAddrs") or {}
+        master = {str(k).strip(): v for k, v in addresses.items()}.get("0")
+        if master:
+            masters[str(broker["brokerName"])] = str(master)
+    queues: list[MessageQueue] = []
+    for queue_data in sorted(data.get("queueDatas") or (), key=lambda q: str(q["brokerName"])):
+        name = str(queue_data["brokerName"])
+        if name not in masters or not int(queue_data.get("perm", 0)) & _PERM_WRITE:
+            continue
+        for queue_id in range(int(queue_data.get("writeQueueNums", 0))):
+            queues.append(MessageQueue(topic, name, queue_id))
+    return TopicRoute(masters, tuple(queues))
+
+
+def stable_hash(text: str) -> int:
+    """A hash of ``text`` that is the same in every process (CRC-32 of its UTF-8 bytes)."""
+    return zlib.crc32(text.encode("utf-8"))
+
+
+class _NotExist(Exception):
+    pass
+
+
+Selector = Callable[[Sequence[MessageQueue], Message], MessageQueue]
+
+
+class Producer:
+    """Sends messages of ``group`` through the brokers the ``name_servers`` list.
+
+    ``client`` is a :class:`~rmqtwist.client.RemotingClient` to share (not closed by
+    :meth:`shutdown`); by default one is made on ``reactor``. See the module doc for
+    routes, retries and fault avoidance.
+    """
+
+    def __init__(
+        self,
+        group: str,
+        name_servers: str | Iterable[str],
+        *,
+        reactor: Any = None,
+        client: RemotingClient | None = None,
+        send_timeout: float = 3.0,
+        retries: int = 2,
+        compress_over: int = 4096,
+        route_refresh: float = 30.0,
+        heartbeat_interval: float = 30.0,
+        isolation: float = 30.0,
+        default_topic_queue_nums: int = 4,
+        client_id: str | None = None,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
+        if isinstance(name_servers, str):
+            name_servers = [a.strip() for a in name_servers.split(";") if a.strip()]
+        self.group = group
+        self.name_servers = list(name_servers)
+        if not self.name_servers:
+            raise ValueError("a producer needs at least one name server address")
+        self.reactor = reactor
+        self._own_client = client is None
+        self.client = client if client is not None else RemotingClient(reactor)
+        self.send_timeout = send_timeout
+        self.retries = retries
+        self.compress_over = compress_over
+        self.route_refresh = route_refresh
+        self.heartbeat_interval = heartbeat_interval
+        self.isolation = isolation
+        self.default_topic_queue_nums = default_topic_queue_nums
+        self.client_id = client_id or f"127.0.0.1@{os.getpid()}#{id(self)}"
+        self._ids = UniqueIdGenerator(clock=reactor.seconds)
+        self._routes: dict[str, tuple[TopicRoute, bool]] = {}  # topic -> (route, via TBW102)
+        self._index = 0
+        self._avoid_until: dict[str, float] = {}
+        self._used: dict[str, str] = {}  # broker name -> master address
+        self._loops: list[LoopingCall] = []
+        self._running = False
+
+    # -- life cycle -------------------------------------------------------------------
+
+    def start(self) -> Deferred[None]:
+        """Start the route refresh and heartbeat timers; fires at once."""
+        if self._running:
+            return succeed(None)
+        self._running = True
+        for interval, function in (
+            (self.route_refresh, self._refresh_routes),
+            (self.heartbeat_interval, self._heartbeat_all),
+        ):
+            loop = LoopingCall(function)
+            loop.clock = self.reactor
+            loop.start(interval, now=False).addErrback(
+                lambda f: _log.failure("producer timer failed", f)
+            )
+            self._loops.append(loop)
+        return succeed(None)
+
+    def shutdown(self) -> Deferred[None]:
+        """Stop the timers, send UNREGISTER_CLIENT to the brokers used, close our client."""
+        return ensureDeferred(self._shutdown())
+
+    async def _shutdown(self) -> None:
+        if not self._running:
+            return
+        self._running = False
+        for loop in self._loops:
+            if loop.running:
+                loop.stop()
+        self._loops.clear()
+        header = UnregisterClientRequestHeader(client_id=self.client_id, producer_group=self.group)
+        calls = [
+            self.client.invoke(address, header.to_request(RequestCode.UNREGISTER_CLIENT), 3.0)
+            for address in self._used.values()
+        ]
+        await DeferredList(calls, consumeErrors=True)
+        if self._own_client:
+            await self.client.close()
+
+    # -- routes -----------------------------------------------------------------------
+
+    async def _fetch_route(self, topic: str) -> TopicRoute:
+        errors: list[str] = []
+        request = GetRouteInfoRequestHeader(topic=topic).to_request(
+            RequestCode.GET_ROUTEINFO_BY_TOPIC
+        )
+        not_exist = False
+        for address in self.name_servers:
+            try:
+                response = await self.client.invoke(address, request, self.send_timeout)
+            except RemotingError as error:
+                errors.append(f"{address}: {error}")
+                continue
+            if response.code == ResponseCode.SUCCESS and response.body:
+                return parse_route(topic, response.body)
+            if response.code == ResponseCode.TOPIC_NOT_EXIST:
+                not_exist = True
+            errors.append(f"{address}: code {response.code} {response.remark or ''}")
+        if not_exist:
+            raise _NotExist()
+        raise NoRouteError(f"no route for {topic!r}: {'; '.join(errors)}")
+
+    async def _route(self, topic: str, refresh: bool = False) -> tuple[TopicRoute, bool]:
+        cached = self._routes.get(topic)
+        if cached is not None and not refresh:
+            return cached
+        try:
+            entry = (await self._fetch_route(topic), False)
+        except _NotExist:
+            default = await self._fetch_route(DEFAULT_TOPIC)
+            # As Java: at most defaultTopicQueueNums queues per broker, the count the
+            # broker gives a topic it auto-creates.
+            queues = tuple(
+                MessageQueue(topic, q.broker_name, q.queue_id)
+                for q in default.queues
+                if q.queue_id < self.default_topic_queue_nums
+            )
+            entry = (TopicRoute(default.masters, queues), True)
+        if not entry[0].queues:
+            raise NoRouteError(f"no writable master queue for {topic!r}")
+        self._routes[topic] = entry
+        return entry
+
+    def _refresh_routes(self) -> Deferred[None]:
+        async def refresh() -> None:
+            for topic in list(self._routes):
+                try:
+                    await self._route(topic, refresh=True)
+                except Exception as error:
+                    _log.info("route refresh of {topic} failed: {error}", topic=topic, error=error)
+
+        return ensureDeferred(refresh())
+
+    # -- heartbeats -------------------------------------------------------------------
+
+    def _heartbeat_request(self) -> RemotingCommand:
+        body = {
+            "clientID": self.client_id,
+            "producerDataSet": [{"groupName": self.group}, {"groupName": "CLIENT_INNER_PRODUCER"}],
+            "consumerDataSet": [],
+        }
+        return RemotingCommand.request(RequestCode.HEART_BEAT, body=json.dumps(body).encode())
+
+    def _heartbeat(self, address: str) -> Deferred[Any]:
+        d = self.client.invoke(address, self._heartbeat_request(), self.send_timeout)
+        d.addErrback(lambda f: _log.info("heartbeat to {a} failed: {f}", a=address, f=f.value))
+        return d
+
+    def _heartbeat_all(self) -> Deferred[Any]:
+        return DeferredList([self._heartbeat(a) for a in self._used.values()])
+
+    # -- choosing a queue -------------------------------------------------------------
+
+    def _avoided(self, broker_name: str) -> bool:
+        now: float = self.reactor.seconds()
+        return self._avoid_until.get(broker_name, 0.0) > now
+
+    def _pick(self, route: TopicRoute, last_broker: str | None) -> MessageQueue:
+        queues = route.queues
+        for _ in range(len(queues)):
+            self._index += 1
+            queue = queues[self._index % len(queues)]
+            if queue.broker_name != last_broker and not self._avoided(queue.broker_name):
+                return queue
+        for _ in range(len(queues)):
+            self._index += 1
+            queue = queues[self._index % len(queues)]
+            if queue.broker_name != last_broker:
+                return queue
+        self._index += 1
+        return queues[self._index % len(queues)]
+
+    # -- sending ----------------------------------------------------------------------
+
+    def send(
+        self,
+        message: Message,
+        queue: MessageQueue | None = None,
+        timeout: float | None = None,
+        *,
+        selector: Selector | None = None,
+        sharding_key: str | None = None,
+    ) -> Deferred[SendResult]:
+        """Send ``message``; fires with a :class:`SendResult` or fails with a
+        :class:`ProducerError` (:class:`SendFailedError` holding each try's cause).
+
+        ``queue`` fixes the queue (no retry elsewhere); ``selector(queues, message)`` picks
+        one of the writable queues, and ``sharding_key`` picks by :func:`stable_hash`, so a
+        key always maps to one queue while the route stays the same (ordered sends are
+        not retried on another queue).
+        """
+        return ensureDeferred(
+            self._send([message], queue, timeout, selector, sharding_key, batch=False, oneway=False)
+        )
+
+    def send_oneway(self, message: Message, queue: MessageQueue | None = None) -> Deferred[None]:
+        """Send ``message`` with no answer; fires once written (no retry)."""
+
+        async def go() -> None:
+            await self._send([message], queue, None, None, None, batch=False, oneway=True)
+
+        return ensureDeferred(go())
+
+    def send_batch(
+        self, messages: Iterable[Message], queue: MessageQueue | None = None
+    ) -> Deferred[SendResult]:
+        """Send messages of one topic as one SEND_BATCH_MESSAGE; ``msg_id`` joins their
+        UNIQ_KEYs with commas and ``queue_offset`` is the first one's."""
+        items = list(messages)
+        if not items:
+            raise ValueError("send_batch needs at least one message")
+        return ensureDeferred(self._send(items, queue, None, None, None, batch=True, oneway=False))
+
+    def _prepare(self, message: Message) -> tuple[Message, str]:
+        uniq = message.properties.get(Property.UNIQ_KEY) or self._ids.next_id()
+        extra = {Property.UNIQ_KEY: uniq, Property.WAIT: "true"}
+        if Property.WAIT in message.properties:
+            del extra[Property.WAIT]
+        properties = {**message.properties, **extra}
+        return (
+            Message(
+                message.topic,
+                message.body,
+                message.tags,
+                message.keys,
+                properties,
+                message.flag,
+                message.delay_level,
+            ),
+            uniq,
+        )
+
+    def _request(
+        self, messages: list[Message], queue: MessageQueue, batch: bool
+    ) -> RemotingCommand:
+        first = messages[0]
+        sys_flag = 0
+        if batch:
+            body = encode_batch(messages)
+            properties = None
+        else:
+            body = first.body
+            if len(body) >= self.compress_over:
+                body = compress_body(body)
+                sys_flag |= _COMPRESSED
+            properties = encode_properties(first.wire_properties())
+        header = SendMessageRequestHeaderV2(
+            a=self.group,
+            b=first.topic,
+            c=DEFAULT_TOPIC,
+            d=self.default_topic_queue_nums,
+            e=queue.queue_id,
+            f=sys_flag,
+            g=int(self.reactor.seconds() * 1000),
+            h=first.flag,
+            i=properties,
+            j=0,
+            m=batch,
+        )
+        code = RequestCode.SEND_BATCH_MESSAGE if batch else RequestCode.SEND_MESSAGE_V2
+        return header.to_request(code, body)
+
+    async def _send(
+        self,
+        messages: list[Message],
+        queue: MessageQueue | None,
+        timeout: float | None,
+        selector: Selector | None,
+        sharding_key: str | None,
+        *,
+        batch: bool,
+        oneway: bool,
+    ) -> SendResult:
+        if not self._running:
+            raise ProducerClosedError("the producer is not started or has been shut down")
+        topic = messages[0].topic
+        prepared = [self._prepare(m) for m in messages]
+        messages = [m for m, _ in prepared]
+        msg_id = ",".join(uniq for _, uniq in prepared)
+        timeout = self.send_timeout if timeout is None else timeout
+        fixed = queue is not None or selector is not None or sharding_key is not None
+        tries = 1 if fixed or oneway else 1 + self.retries
+        causes: list[tuple[str, BaseException]] = []
+        last_broker: str | None = None
+        for attempt in range(tries):
+            route, via_default = await self._route(topic, refresh=attempt > 0)
+            if queue is not None:
+                target = queue
+            elif selector is not None:
+                target = selector(route.queues, messages[0])
+            elif sharding_key is not None:
+                target = route.queues[stable_hash(sharding_key) % len(route.queues)]
+            else:
+                target = self._pick(route, last_broker)
+            last_broker = target.broker_name
+            address = route.masters.get(target.broker_name)
+            if address is None:
+                raise NoRouteError(f"no master address for broker {target.broker_name!r}")
+            request = self._request(messages, target, batch)
+            if address not in self._used.values():
+                self._used[target.broker_name] = address
+                self._heartbeat(address)
+            try:
+                if oneway:
+                    await self.client.invoke_oneway(address, request, timeout)
+                    return SendResult(SendStatus.SEND_OK, msg_id, "", target, -1)
+                response = await self.client.invoke(address, request, timeout)
+            except (RemotingCallError, ConnectionError, TimeoutError) as error:
+                self._avoid_until[target.broker_name] = self.reactor.seconds() + self.isolation
+                causes.append((target.broker_name, error))
+                continue
+            status = _STATUS_BY_CODE.get(response.code)  # type: ignore[call-overload]
+            if status is not None:
+                if via_default:  # the broker has made the topic: ask for its own route next
+                    self._routes.pop(topic, None)
+                header = SendMessageResponseHeader.from_command(response)
+                return SendResult(
+                    status,
+                    msg_id,
+                    header.msg_id,
+                    MessageQueue(topic, target.broker_name, header.queue_id),
+                    header.queue_offset,
+                )
+            causes.append((target.broker_name, BrokerResponseError(response.code, response.remark)))
+            if response.code not in RETRY_CODES:
+                break
+            self._avoid_until[target.broker_name] = self.reactor.seconds() + self.isolation
+        raise SendFailedError(topic, causes)

@@ -123,6 +123,7 @@ def test_json_ext_fields_keep_insertion_order() -> None:
         ("\x00\x01\x0b\x1f", '"\\u0000\\u0001\\u000B\\u001F"'),
         ("\x7f\x85\x9f\xa0", '"\\u007F\\u0085\\u009F\xa0"'),
         ("line\u2028sep", '"line\\u2028sep"'),
+        ("para\u2029sep", '"para\\u2029sep"'),
         ("中文 é ☃ 😀", '"中文 é ☃ 😀"'),  # raw UTF-8, no \\u escapes
     ],
 )
@@ -132,6 +133,49 @@ def test_json_strings_use_fastjson_escapes(text: str, escaped: str) -> None:
     assert f'"remark":{escaped}' in header
     assert f'"extFields":{{{escaped}:{escaped}}}' in header
     assert decode_frame(encode_frame(command)) == command
+
+
+def _fastjson_escaped(ch: str) -> str:
+    r"""How fastjson 1.2.69 (SerializeWriter.writeStringWithDoubleQuote with the default
+    features, IOUtils' tables) writes one character inside a double-quoted string: \b \t
+    \n \f \r \" \\ short; the other C0 controls, U+007F..U+009F, U+2028 and U+2029 as
+    \uXXXX in upper-case hex; every other character raw."""
+    c = ord(ch)
+    short = {0x08: "\\b", 0x09: "\\t", 0x0A: "\\n", 0x0C: "\\f", 0x0D: "\\r"}
+    short.update({0x22: '\\"', 0x5C: "\\\\"})
+    if c in short:
+        return short[c]
+    if c < 0x20 or 0x7F <= c < 0xA0 or c in (0x2028, 0x2029):
+        return f"\\u{c:04X}"
+    return ch
+
+
+_ALL_CODE_POINTS = [chr(c) for c in range(sys.maxunicode + 1) if not 0xD800 <= c <= 0xDFFF]
+
+
+def test_every_escaped_code_point_is_escaped_alone() -> None:
+    # One at a time, so the check that skips escaping a string must see each of them too
+    # (a character written raw is pinned by the runs below, whichever path writes it).
+    wrong = []
+    for ch in [ch for ch in _ALL_CODE_POINTS if _fastjson_escaped(ch) != ch]:
+        header = encode_header(RemotingCommand(code=1, remark=ch, ext_fields={ch: ch}))
+        quoted = '"' + _fastjson_escaped(ch) + '"'
+        text = header.decode("utf-8")
+        if f'"remark":{quoted}' not in text or f'"extFields":{{{quoted}:{quoted}}}' not in text:
+            wrong.append(f"U+{ord(ch):04X}")
+    assert wrong == []
+
+
+def test_every_code_point_is_escaped_as_fastjson_does_in_a_run() -> None:
+    for start in range(0, len(_ALL_CODE_POINTS), 8192):
+        chunk = _ALL_CODE_POINTS[start : start + 8192]
+        remark = "".join(chunk)
+        ext = {f"k{ch}": f"{ch}v" for ch in chunk}
+        text = encode_header(RemotingCommand(code=1, remark=remark, ext_fields=ext)).decode()
+        quoted = '"' + "".join(map(_fastjson_escaped, chunk)) + '"'
+        assert f'"remark":{quoted}' in text
+        members = ",".join(f'"k{_fastjson_escaped(ch)}":"{_fastjson_escaped(ch)}v"' for ch in chunk)
+        assert f'"extFields":{{{members}}}' in text
 
 
 def test_unknown_language_value_is_written_as_a_number() -> None:

@@ -100,8 +100,9 @@ def sniff_wrong_protocol(first_bytes: bytes) -> WrongProtocol | None:
 # JSON header
 # ---------------------------------------------------------------------------
 
-# fastjson 1.2.x escapes, in a double-quoted string: the C0 controls (\b \t \n \f \r
-# short, the rest \u00XX), '"' and '\\', U+007F..U+009F and U+2028, with upper-case hex.
+# fastjson 1.2.69 escapes, in a double-quoted string (a value or a map key alike): the C0
+# controls (\b \t \n \f \r short, the rest \u00XX, \u000B included), '"' and '\\',
+# U+007F..U+009F, U+2028 and U+2029, with upper-case hex; nothing else ('/' included).
 _ESCAPES: dict[int, str] = {c: f"\\u{c:04X}" for c in range(0x20)}
 _ESCAPES.update({c: f"\\u{c:04X}" for c in range(0x7F, 0xA0)})
 _ESCAPES.update(
@@ -114,9 +115,10 @@ _ESCAPES.update(
         0x22: '\\"',
         0x5C: "\\\\",
         0x2028: "\\u2028",
+        0x2029: "\\u2029",
     }
 )
-_NEEDS_ESCAPE = re.compile('[\x00-\x1f"\\\\\x7f-\x9f\u2028]').search
+_NEEDS_ESCAPE = re.compile('[\x00-\x1f"\\\\\x7f-\x9f\u2028\u2029]').search
 
 
 def _quote(text: str) -> str:

@@ -10,12 +10,13 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
-from twisted.internet.task import deferLater
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.task import Clock, deferLater
 from zope.interface import implementer
 
 from rmqtwist.codes import RequestCode, ResponseCode
 from rmqtwist.command import RemotingCommand
+from rmqtwist.errors import ConnectError
 from rmqtwist.headers import SendMessageRequestHeaderV2, SendMessageResponseHeader
 from rmqtwist.interfaces import IRequestProcessor
 from rmqtwist.message import Message
@@ -257,3 +258,130 @@ async def test_all_failing_gives_each_cause_and_no_route() -> None:
     with pytest.raises(NoRouteError):
         await dead.send(Message("T", b"x"))
     await dead.shutdown()
+
+
+# -- Clock-based: a fake client -----------------------------------------------------------
+
+
+class _FakeClient:
+    """Answers by address: ``handlers[address](request)`` gives a response or raises."""
+
+    def __init__(self, handlers: dict[str, Any]) -> None:
+        self.handlers = handlers
+        self.calls: list[tuple[str, int]] = []
+
+    def invoke(self, address: str, request: RemotingCommand, timeout: float) -> Deferred[Any]:
+        self.calls.append((address, request.code))
+        try:
+            return succeed(self.handlers[address](request))
+        except Exception as error:
+            return fail(error)
+
+    def invoke_oneway(self, address: str, request: RemotingCommand, timeout: float) -> Any:
+        self.calls.append((address, request.code))
+        return succeed(None)
+
+
+def _route_body(*names: str, queues: int = 2) -> bytes:
+    body = {
+        "brokerDatas": [{"brokerName": n, "brokerAddrs": {"0": f"{n}:1"}} for n in names],
+        "queueDatas": [{"brokerName": n, "perm": 6, "writeQueueNums": queues} for n in names],
+    }
+    return json.dumps(body).encode()
+
+
+class _Fake:
+    def __init__(self) -> None:
+        self.clock = Clock()
+        self.brokers = ["b0", "b1"]
+        self.down: set[str] = set()
+        self.routes = 0
+        handlers: dict[str, Any] = {"ns:1": self.route}
+        for name in ("b0", "b1", "b2"):
+            handlers[f"{name}:1"] = self.broker(name)
+        self.client = _FakeClient(handlers)
+        self.producer = Producer(
+            "PG",
+            ["ns:1"],
+            reactor=self.clock,
+            client=self.client,  # type: ignore[arg-type]
+        )
+        self.producer.start()
+
+    def route(self, request: RemotingCommand) -> RemotingCommand:
+        self.routes += 1
+        return RemotingCommand.response_to(
+            request, ResponseCode.SUCCESS, body=_route_body(*self.brokers)
+        )
+
+    def broker(self, name: str) -> Any:
+        ok = _ok(name)
+
+        def handle(request: RemotingCommand) -> RemotingCommand:
+            if name in self.down:
+                raise ConnectError(f"{name} refused")
+            if request.code == RequestCode.SEND_MESSAGE_V2:
+                return ok(request)  # type: ignore[no-any-return]
+            return _ack(request)
+
+        return handle
+
+    def send(self) -> Any:
+        results: list[Any] = []
+        self.producer.send(Message("T", b"x")).addBoth(results.append)
+        assert results
+        return results[0]
+
+
+def test_round_robin_across_every_master_queue() -> None:
+    fake = _Fake()
+    picked = [(r.queue.broker_name, r.queue.queue_id) for r in (fake.send() for _ in range(8))]
+    assert sorted(set(picked)) == [("b0", 0), ("b0", 1), ("b1", 0), ("b1", 1)]
+    assert picked[:4] != picked[:1] * 4
+
+
+def test_routes_cached_then_refreshed_every_30_s() -> None:
+    fake = _Fake()
+    fake.send()
+    fake.send()
+    assert fake.routes == 1
+    fake.brokers = ["b2"]
+    fake.clock.advance(30)
+    assert fake.routes == 2
+    assert fake.send().queue.broker_name == "b2"
+
+
+def test_refused_broker_retried_elsewhere_and_avoided_for_30_s() -> None:
+    fake = _Fake()
+    fake.down.add("b0")
+    results = [fake.send() for _ in range(6)]
+    assert {r.queue.broker_name for r in results} == {"b1"}
+    sends_to_b0 = [c for c in fake.client.calls if c == ("b0:1", RequestCode.SEND_MESSAGE_V2)]
+    assert len(sends_to_b0) == 1  # tried once, then avoided
+    fake.down.clear()
+    fake.clock.advance(31)
+    assert {fake.send().queue.broker_name for _ in range(4)} == {"b0", "b1"}
+
+
+def test_heartbeats_every_30_s_to_brokers_used_and_unregister() -> None:
+    fake = _Fake()
+    fake.send()
+    fake.send()
+    beats = lambda: [a for a, code in fake.client.calls if code == RequestCode.HEART_BEAT]  # noqa: E731
+    assert sorted(beats()) == ["b0:1", "b1:1"]
+    fake.clock.advance(30)
+    assert sorted(beats()) == ["b0:1", "b0:1", "b1:1", "b1:1"]
+    fake.producer.shutdown()
+    unregistered = [a for a, c in fake.client.calls if c == RequestCode.UNREGISTER_CLIENT]
+    assert sorted(unregistered) == ["b0:1", "b1:1"]
+    fake.clock.advance(60)
+    assert len(beats()) == 4
+
+
+def test_all_brokers_down_names_each_try() -> None:
+    fake = _Fake()
+    fake.down.update({"b0", "b1"})
+    failure = fake.send()
+    assert isinstance(failure.value, SendFailedError)
+    assert len(failure.value.causes) == 3
+    assert {name for name, _ in failure.value.causes} == {"b0", "b1"}

@@ -310,7 +310,11 @@ class Producer:
                 errors.append(f"{address}: {error}")
                 continue
             if response.code == ResponseCode.SUCCESS and response.body:
-                return parse_route(topic, response.body)
+                try:
+                    return parse_route(topic, response.body)
+                except (ValueError, KeyError, TypeError, AttributeError) as error:
+                    errors.append(f"{address}: unreadable route ({error!r})")
+                    continue
             if response.code == ResponseCode.TOPIC_NOT_EXIST:
                 not_exist = True
             errors.append(f"{address}: code {response.code} {response.remark or ''}")
@@ -323,6 +327,18 @@ class Producer:
         if cached is not None and not refresh:
             return cached
         try:
+            entry = await self._fetch_entry(topic)
+        except ProducerError:
+            if cached is not None:  # a failed refresh keeps the route we had
+                return cached
+            raise
+        if not entry[0].queues:
+            raise NoRouteError(f"no writable master queue for {topic!r}")
+        self._routes[topic] = entry
+        return entry
+
+    async def _fetch_entry(self, topic: str) -> tuple[TopicRoute, bool]:
+        try:
             entry = (await self._fetch_route(topic), False)
         except _NotExist:
             default = await self._fetch_route(DEFAULT_TOPIC)
@@ -334,9 +350,6 @@ class Producer:
                 if q.queue_id < self.default_topic_queue_nums
             )
             entry = (TopicRoute(default.masters, queues), True)
-        if not entry[0].queues:
-            raise NoRouteError(f"no writable master queue for {topic!r}")
-        self._routes[topic] = entry
         return entry
 
     def _refresh_routes(self) -> Deferred[None]:

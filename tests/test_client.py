@@ -484,6 +484,39 @@ def test_timeout_fails_the_call_closes_the_connection_and_drops_the_late_respons
     assert conn.sent() == []
 
 
+def test_a_call_made_from_the_timed_out_calls_errback_goes_out_on_a_new_connection() -> None:
+    net = Net()
+    conn = net.connect()
+    retries: list[Deferred[Any]] = []
+    pooled_then: list[object] = []
+
+    def retry(failure: Failure) -> None:
+        failure.trap(RemotingTimeoutError)
+        protocol = conn.protocol
+        pooled_then.append((protocol.is_closing, protocol.is_writable))
+        pooled_then.append(net.client.connection(ADDRESS))
+        retries.append(net.client.invoke(ADDRESS, request(b"again"), timeout=2))
+
+    net.client.invoke(ADDRESS, request(), timeout=2).addErrback(retry)
+    conn.sent()
+    net.advance_to(2)
+    # The timed-out connection was already unusable and out of the pool.
+    assert pooled_then == [(True, False), None]
+    (retried,) = retries
+    results = watch(retried)
+    assert conn.closing and conn.sent() == []  # nothing more on the closing connection
+    assert net.connects == 2
+    fresh = net.accept()
+    (sent,) = fresh.sent()
+    assert sent.body == b"again"
+    fresh.answer(sent)
+    assert value_of(results).body == b"again"
+    assert net.client.connection(ADDRESS) is fresh.protocol
+    conn.lose()
+    assert net.client.connection(ADDRESS) is fresh.protocol
+    assert_settled(net)
+
+
 def test_timeout_keeps_the_connection_with_close_on_timeout_false() -> None:
     net = Net(close_on_timeout=False)
     conn = net.connect()

@@ -262,6 +262,10 @@ class _ClientConnection(RemotingProtocol):
     idle_since: float
     swept_activity: int
 
+    def mark_closing(self) -> None:
+        super().mark_closing()
+        self.client._drop_from_pool(self)
+
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         super().connectionLost(reason)
         self.client._connection_lost(self)
@@ -879,10 +883,12 @@ class RemotingClient(Registrar):
         self._reachable.discard(address)
         attempt.settle(ConnectError(f"cannot connect to {address}: {why}", address))
 
+    def _drop_from_pool(self, connection: _ClientConnection) -> None:
+        if self._connections.get(connection.address) is connection:
+            del self._connections[connection.address]
+
     def _connection_lost(self, connection: _ClientConnection) -> None:
-        address = connection.address
-        if self._connections.get(address) is connection:
-            del self._connections[address]
+        self._drop_from_pool(connection)
         self._closed_count += 1
         if self._all_closed and not self.dispatcher.connections:
             waiters, self._all_closed = self._all_closed, []

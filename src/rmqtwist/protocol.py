@@ -274,17 +274,20 @@ class RemotingProtocol(LengthPrefixed, TimeoutMixin):
         self.dispatcher.notify("on_exception", self, error)
         super().protocol_error(error)
 
-    def close(self) -> None:
-        """Close after what is already written has been sent."""
+    def mark_closing(self) -> None:
+        """No new call may start on this connection (a pool drops it; see the client)."""
         self.is_closing = True
         self.is_writable = False
+
+    def close(self) -> None:
+        """Close after what is already written has been sent."""
+        self.mark_closing()
         if self.transport is not None:
             self.transport.loseConnection()
 
     def abort(self) -> None:
         """Close at once, dropping anything not yet written."""
-        self.is_closing = True
-        self.is_writable = False
+        self.mark_closing()
         super().abort()
 
     # -- flow control (IPushProducer: the transport tells us its write buffer is full) --
@@ -535,13 +538,17 @@ class RemotingProtocol(LengthPrefixed, TimeoutMixin):
         _, _, opaque, request, deferred, permit, timeout = entry
         permit.release()
         self.dispatcher.calls_failed += 1
+        closing = self.dispatcher.close_on_timeout and not self.is_closing
+        if closing:
+            # Before the errback runs: a call it starts must not pick this connection.
+            self.mark_closing()
         deferred.errback(
             RemotingTimeoutError(
                 f"no response from {self.remote_address} to {code_name(request.code)} "
                 f"(opaque {opaque}) within {timeout:g} s"
             )
         )
-        if self.dispatcher.close_on_timeout and not self.is_closing:
+        if closing:
             _log.info("Closing {peer} after a request timed out", peer=self.remote_address)
             self.close()
 

@@ -76,7 +76,7 @@ async def test_send_lands_with_fields_and_properties() -> None:
         assert (got.body, got.tags, got.keys) == (b"hello", "TagA", ("k1", "k2"))
         assert got.properties["x"] == "y"
         assert got.properties["UNIQ_KEY"] == result.msg_id
-        assert got.msg_id == result.msg_id or result.offset_msg_id
+        assert got.msg_id == result.msg_id
     finally:
         await producer.shutdown()
         await broker.stop()
@@ -296,6 +296,10 @@ class _Fake:
         self.brokers = ["b0", "b1"]
         self.down: set[str] = set()
         self.routes = 0
+        self.asked: list[str] = []
+        self.missing: set[str] = set()
+        self.sent: list[SendMessageRequestHeaderV2] = []
+        self.answer = ResponseCode.SUCCESS
         handlers: dict[str, Any] = {"ns:1": self.route}
         for name in ("b0", "b1", "b2"):
             handlers[f"{name}:1"] = self.broker(name)
@@ -310,6 +314,13 @@ class _Fake:
 
     def route(self, request: RemotingCommand) -> RemotingCommand:
         self.routes += 1
+        self.asked.append(request.ext("topic") or "")
+        if request.ext("topic") in self.missing:
+            return RemotingCommand.response_to(request, ResponseCode.TOPIC_NOT_EXIST)
+        if request.ext("topic") == "TBW102":
+            return RemotingCommand.response_to(
+                request, ResponseCode.SUCCESS, body=_route_body("b0", queues=8)
+            )
         return RemotingCommand.response_to(
             request, ResponseCode.SUCCESS, body=_route_body(*self.brokers)
         )
@@ -321,14 +332,17 @@ class _Fake:
             if name in self.down:
                 raise ConnectError(f"{name} refused")
             if request.code == RequestCode.SEND_MESSAGE_V2:
+                self.sent.append(SendMessageRequestHeaderV2.from_command(request))
+                if self.answer != ResponseCode.SUCCESS:
+                    return RemotingCommand.response_to(request, self.answer, remark="no")
                 return ok(request)  # type: ignore[no-any-return]
             return _ack(request)
 
         return handle
 
-    def send(self) -> Any:
+    def send(self, topic: str = "T") -> Any:
         results: list[Any] = []
-        self.producer.send(Message("T", b"x")).addBoth(results.append)
+        self.producer.send(Message(topic, b"x")).addBoth(results.append)
         assert results
         return results[0]
 
@@ -385,3 +399,37 @@ def test_all_brokers_down_names_each_try() -> None:
     assert isinstance(failure.value, SendFailedError)
     assert len(failure.value.causes) == 3
     assert {name for name, _ in failure.value.causes} == {"b0", "b1"}
+
+
+def test_topic_not_exist_sends_with_tbw102_route_then_asks_again() -> None:
+    fake = _Fake()
+    fake.missing.add("NEW")
+    results = [fake.send("NEW") for _ in range(8)]
+    assert fake.asked[:2] == ["NEW", "TBW102"]
+    assert {r.queue.queue_id for r in results} <= {0, 1, 2, 3}  # defaultTopicQueueNums
+    assert all(h.c == "TBW102" and h.d == 4 and h.b == "NEW" for h in fake.sent)
+    fake.missing.clear()
+    fake.send("NEW")
+    assert fake.asked[-1] == "NEW"
+
+
+def test_non_retryable_code_fails_at_once_retryable_tries_three_times() -> None:
+    fake = _Fake()
+    fake.answer = ResponseCode.MESSAGE_ILLEGAL
+    failure = fake.send()
+    assert len(failure.value.causes) == 1
+    assert failure.value.causes[0][1].code == ResponseCode.MESSAGE_ILLEGAL
+    fake.answer = ResponseCode.SERVICE_NOT_AVAILABLE
+    failure = fake.send()
+    assert len(failure.value.causes) == 3
+
+
+def test_headers_carry_uniq_key_wait_and_compression_flag() -> None:
+    fake = _Fake()
+    fake.producer.send(Message("T", b"z" * 5000, tags="A"))
+    fake.producer.send(Message("T", b"small"))
+    big, small = fake.sent
+    assert big.f == 0x301
+    assert small.f == 0
+    for header in (big, small):
+        assert "UNIQ_KEY\x01" in header.i and "WAIT\x01true" in header.i  # type: ignore[operator]

@@ -415,8 +415,10 @@ class Producer:
         """Send ``message``; fires with a :class:`SendResult` or fails with a
         :class:`ProducerError` (:class:`SendFailedError` holding each try's cause).
 
-        ``queue`` fixes the queue (no retry elsewhere); ``selector(queues, message)`` picks
-        one of the writable queues, and ``sharding_key`` picks by :func:`stable_hash`, so a
+        ``timeout`` (default ``send_timeout``) bounds each try: unlike Java's, whose
+        timeout covers every try together, so a broker that times out is still retried
+        elsewhere. ``queue`` fixes the queue (no retry elsewhere);
+        ``selector(queues, message)`` picks one of the writable queues, and ``sharding_key`` picks by :func:`stable_hash`, so a
         key always maps to one queue while the route stays the same (ordered sends are
         not retried on another queue).
         """

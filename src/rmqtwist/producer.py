@@ -418,9 +418,9 @@ class Producer:
         ``timeout`` (default ``send_timeout``) bounds each try: unlike Java's, whose
         timeout covers every try together, so a broker that times out is still retried
         elsewhere. ``queue`` fixes the queue (no retry elsewhere);
-        ``selector(queues, message)`` picks one of the writable queues, and ``sharding_key`` picks by :func:`stable_hash`, so a
-        key always maps to one queue while the route stays the same (ordered sends are
-        not retried on another queue).
+        ``selector(queues, message)`` picks one of the writable queues, and
+        ``sharding_key`` picks by :func:`stable_hash`, so a key always maps to one queue
+        while the route stays the same (ordered sends are not retried on another queue).
         """
         return ensureDeferred(
             self._send([message], queue, timeout, selector, sharding_key, batch=False, oneway=False)

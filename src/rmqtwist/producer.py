@@ -56,6 +56,8 @@ from rmqtwist.message import (
 
 __all__ = [
     "DEFAULT_TOPIC",
+    "RETRY_CODES",
+    "BrokerResponseError",
     "MessageQueue",
     "NoRouteError",
     "Producer",

@@ -294,12 +294,19 @@ def make_dispatcher(clock: Clock | None = None, **kwargs: Any) -> Dispatcher:
 class Side:
     """One RemotingProtocol on a StringTransport: feed it frames, read what it wrote."""
 
-    def __init__(self, dispatcher: Dispatcher, transport: StringTransport | None = None) -> None:
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        transport: StringTransport | None = None,
+        max_frame_length: int | None = None,
+    ) -> None:
         self.dispatcher = dispatcher
         self.clock: Clock = dispatcher.reactor
         self.transport = transport if transport is not None else Transport()
         self.protocol = RemotingProtocol()
         self.protocol.dispatcher = dispatcher
+        if max_frame_length is not None:
+            self.protocol.max_frame_length = max_frame_length
         self.protocol.makeConnection(self.transport)
 
     def feed(self, *commands: RemotingCommand) -> None:
@@ -1135,6 +1142,36 @@ def test_processor_returning_a_non_command_answers_system_error(
     assert response.code == ResponseCode.SYSTEM_ERROR
     assert f"processor returned {type_name}, not a command" in (response.remark or "")
     assert s.dispatcher.in_flight == 0
+
+
+@pytest.mark.parametrize("stype", list(SerializeType))
+def test_an_answer_over_the_frame_limit_becomes_a_system_error_that_fits(
+    stype: SerializeType, logged: list[Event]
+) -> None:
+    limit = 4096
+    s = Side(make_dispatcher(), max_frame_length=limit)
+    s.dispatcher.register_processor(SEND, Recorder())  # echo: the body and a remark back
+    empty = len(encode_frame(request(opaque=7, serialize_type=stype)))
+    at_limit = request(opaque=7, serialize_type=stype, body=b"x" * (limit - empty))
+    assert len(encode_frame(at_limit)) == limit  # the request just fits...
+    answer_size = len(encode_frame(response_to(at_limit)))
+    assert answer_size > limit  # ...its echo does not
+    s.feed(at_limit)
+    data = s.transport.value()
+    assert len(data) <= limit
+    (response,) = FrameDecoder(limit).feed(data)
+    assert (response.code, response.opaque, response.body) == (ResponseCode.SYSTEM_ERROR, 7, b"")
+    assert response.serialize_type == stype
+    assert response.remark == f"the answer was {answer_size} bytes, over the frame limit {limit}"
+    (line,) = [e for e in logged if "over the frame limit" in str(e.get("log_format"))]
+    assert (line["response_code"], line["size"], line["limit"]) == (OK, answer_size, limit)
+    assert line["log_level"] == LogLevel.warn
+    assert s.dispatcher.in_flight == 0 and s.dispatcher.responses_sent == 1
+    # An answer that fits is sent as it is.
+    s.transport.clear()
+    s.feed(request(opaque=8, serialize_type=stype, body=b"small"))
+    (ok,) = s.sent()
+    assert (ok.code, ok.opaque, ok.body) == (OK, 8, b"small")
 
 
 @pytest.mark.parametrize("stype", list(SerializeType))

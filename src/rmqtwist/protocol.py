@@ -737,6 +737,11 @@ class RemotingProtocol(LengthPrefixed, TimeoutMixin):
                     request, ResponseCode.SYSTEM_ERROR, f"{type(e).__name__}: {e}"
                 )
             )
+        if len(frame) > self.max_frame_length:
+            error_frame = self._too_large_answer(request, response, len(frame))
+            if error_frame is None:
+                return
+            frame = error_frame
         if not self.is_connected:
             _log.debug(
                 "Dropping the response to {request!r}: {peer} is gone",
@@ -746,6 +751,31 @@ class RemotingProtocol(LengthPrefixed, TimeoutMixin):
             return
         dispatcher.responses_sent += 1
         self.write_frame(frame)
+
+    def _too_large_answer(
+        self, request: RemotingCommand, response: RemotingCommand, size: int
+    ) -> bytes | None:
+        """The SYSTEM_ERROR frame sent instead of an answer over the frame limit (a peer
+        with the same limit, Java's default included, would refuse it), or None when even
+        that does not fit."""
+        limit = self.max_frame_length
+        _log.warn(
+            "The answer to {request_code} from {peer} (code {response_code}) is {size} bytes, "
+            "over the frame limit {limit}: answering SYSTEM_ERROR instead",
+            request_code=code_name(request.code),
+            response_code=response.code,
+            size=size,
+            limit=limit,
+            peer=self.remote_address,
+        )
+        frame = encode_frame(
+            RemotingCommand.response_to(
+                request,
+                ResponseCode.SYSTEM_ERROR,
+                f"the answer was {size} bytes, over the frame limit {limit}",
+            )
+        )
+        return frame if len(frame) <= limit else None
 
     # -- introspection ----------------------------------------------------------------
 

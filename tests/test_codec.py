@@ -460,6 +460,16 @@ def test_malformed_frames(data: bytes, message: str) -> None:
         (b"POST /api HTTP/1.1\r\n", "HTTP"),
         (b"HTTP/1.1 200 OK\r\n", "HTTP"),
         (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", "TLS"),
+        (b"OPTIONS * HTTP/1.1\r\n", "HTTP"),
+        (b"DELETE /x HTTP/1.1\r\n", "HTTP"),
+        (b"CONNECT host:443 HTTP/1.1\r\n", "HTTP"),
+        (b"SSH-2.0-OpenSSH_9.6\r\n", "SSH"),
+        (b"PROXY TCP4 192.0.2.1 192.0.2.2 56324 10911\r\n", "PROXY protocol v1"),
+        (b"\r\n\r\n\x00\r\nQUIT\n\x21\x11\x00\x0c", "PROXY protocol v2"),
+        (b"*1\r\n$4\r\nPING\r\n", "Redis RESP"),
+        (b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n", "Redis RESP"),
+        (b"*12\r\n$4\r\n", "Redis RESP"),
+        (b"AMQP\x00\x00\x09\x01", "AMQP"),
     ],
 )
 def test_wrong_protocol_is_named(data: bytes, protocol: str) -> None:
@@ -471,6 +481,22 @@ def test_wrong_protocol_is_named(data: bytes, protocol: str) -> None:
         for byte in data:  # even when it arrives a byte at a time
             decoder.feed(bytes([byte]))
     assert decoder.buffered == 0
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"*1x\r\n",  # not a RESP array header
+        b"*\r\n\x00",
+        b"PROXZ x",
+        b"SSH_",
+        b"\r\n\r\n\x00\r\nQUIX\n",  # PROXY v2's signature, but not quite
+    ],
+)
+def test_near_misses_are_not_named(data: bytes) -> None:
+    with pytest.raises(ProtocolError) as info:
+        FrameDecoder().feed(data + bytes(16))
+    assert not isinstance(info.value, WrongProtocol)
 
 
 def test_wrong_protocol_only_at_connection_start() -> None:

@@ -81,7 +81,8 @@ class MalformedMessage(ProtocolError):
 
 
 class WrongProtocol(ProtocolError):
-    """The connection's first bytes belong to another protocol (HTTP, HTTP/2, TLS)."""
+    """The connection's first bytes belong to another protocol (HTTP, HTTP/2, TLS, SSH,
+    a PROXY protocol header, Redis RESP, AMQP)."""
 
     def __init__(self, protocol: str, first_bytes: bytes) -> None:
         super().__init__(

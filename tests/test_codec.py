@@ -722,6 +722,7 @@ def test_binary_frame_packed_at_once_is_prefix_header_and_body(
         '"extFields":{"k":"\\udbff"}',
         '"extFields":{"\\ud800":"v"}',
         '"extFields":{"k":{"nested":"\\ud800"}}',
+        '"language":"JAVA\\ud800"',  # repeats the key: the later value is read
     ],
 )
 def test_a_lone_surrogate_in_a_json_header_is_malformed(fragment: str) -> None:

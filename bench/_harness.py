@@ -53,6 +53,23 @@ __all__ = [
 # ---------------------------------------------------------------------------
 
 
+#: ``python -c PROFILED_TWIST STATS_FILE ...`` runs twist under cProfile (``python -m
+#: cProfile`` would write nothing: after a graceful stop twist kills itself with the
+#: signal it got), writing the stats from a reactor shutdown trigger.
+PROFILED_TWIST = """
+import cProfile, runpy, sys
+from twisted.internet import reactor
+path = sys.argv.pop(1)
+profile = cProfile.Profile()
+def dump():
+    profile.disable()
+    profile.dump_stats(path)
+reactor.addSystemEventTrigger("after", "shutdown", dump)
+profile.enable()
+runpy.run_module("twisted", run_name="__main__", alter_sys=True)
+"""
+
+
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 right now (another process may take it before use)."""
     with socket.socket() as sock:

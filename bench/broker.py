@@ -38,6 +38,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 from _harness import (
+    PROFILED_TWIST,
     Column,
     LoadProcess,
     ServerProcess,
@@ -82,21 +83,6 @@ TAG = "TagA"
 PULL_BATCH = 32
 PULL_SYS_FLAG = 0x1 | 0x2  # commit offset, suspend: what a push consumer sends
 _SIZE = struct.Struct(">i")
-
-#: ``twist rmq-remoting`` under cProfile (``--profile``); the stats are written by a
-#: reactor shutdown trigger, as twist kills itself with the signal it stopped on.
-_PROFILED_TWIST = """
-import cProfile, runpy, sys
-from twisted.internet import reactor
-path = sys.argv.pop(1)
-profile = cProfile.Profile()
-def dump():
-    profile.disable()
-    profile.dump_stats(path)
-reactor.addSystemEventTrigger("after", "shutdown", dump)
-profile.enable()
-runpy.run_module("twisted", run_name="__main__", alter_sys=True)
-"""
 
 
 # ---------------------------------------------------------------------------
@@ -440,7 +426,7 @@ class Bench:
 
         def argv(port: int) -> list[str]:
             if profile:
-                head = [python, "-c", _PROFILED_TWIST, f"{profile}.{port}"]
+                head = [python, "-c", PROFILED_TWIST, f"{profile}.{port}"]
             else:
                 head = [python, "-m", "twisted"]
             return [*head, "rmq-remoting", "--port", str(port), *options]

@@ -46,12 +46,10 @@ import shlex
 import signal
 import socket
 import struct
-import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -62,17 +60,15 @@ from twisted.python.failure import Failure
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 from _harness import (
+    PROFILED_TWIST,
+    ServerProcess,
     cpu_seconds,
     die_with_parent,
-    free_port,
-    innermost,
     machine_info,
     percentile,
     python_speed,
     settled_rss,
-    signal_group,
     sleep_until,
-    tail,
 )
 
 from rmqtwist import RemotingCommand, RequestCode, SerializeType, __version__
@@ -801,106 +797,19 @@ def _client_main(pipe: Connection, spec: ClientSpec, parent: int) -> None:
 # ---------------------------------------------------------------------------
 
 
-# ``python -m twisted`` (that is, twist) under cProfile. ``python -m cProfile`` would
-# write nothing: after a graceful stop twist kills itself with the signal it got. So the
-# stats are written by a reactor shutdown trigger instead. (No braces: str.format.)
-_PROFILED_TWIST = """
-import cProfile, runpy
-from twisted.internet import reactor
-profile = cProfile.Profile()
-def dump():
-    profile.disable()
-    profile.dump_stats(FILE)
-reactor.addSystemEventTrigger("after", "shutdown", dump)
-profile.enable()
-runpy.run_module("twisted", run_name="__main__", alter_sys=True)
-"""
+def server_process(
+    template: str, max_connections: int, log_dir: Path, cpus: list[int] | None
+) -> ServerProcess:
+    """The server under test, from a command template ({python}, {port}, {max_connections})."""
 
-
-def _server_preexec(cpus: list[int] | None) -> Callable[[], None]:
-    def preexec() -> None:
-        """In the server's process before exec: SIGTERM when the benchmark dies (twist
-        then stops gracefully), and the CPU affinity."""
-        die_with_parent(signal.SIGTERM)
-        if cpus:
-            os.sched_setaffinity(0, cpus)
-
-    return preexec
-
-
-class ServerProcess:
-    """The server under test, started from a command template and stopped at the end."""
-
-    def __init__(
-        self, template: str, max_connections: int, log_dir: Path, cpus: list[int] | None
-    ) -> None:
-        self.template = template
-        self.cpus = cpus
-        self.max_connections = max_connections
-        self.log_dir = log_dir
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.port = 0
-        self.pid: int | None = None
-        self.log_path = log_dir / "server.log"
-
-    @property
-    def address(self) -> tuple[str, int]:
-        return ("127.0.0.1", self.port)
-
-    def start(self, timeout: float = 20.0) -> None:
-        for _attempt in range(3):  # the free port may be taken before the server binds it
-            self.port = free_port()
-            argv = shlex.split(
-                self.template.format(
-                    python=shlex.quote(sys.executable),
-                    port=self.port,
-                    max_connections=self.max_connections,
-                )
+    def argv(port: int) -> list[str]:
+        return shlex.split(
+            template.format(
+                python=shlex.quote(sys.executable), port=port, max_connections=max_connections
             )
-            self.log_path = self.log_dir / f"server-{self.port}.log"
-            with self.log_path.open("wb") as log:
-                self.proc = subprocess.Popen(
-                    argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,  # Ctrl-C reaches us, and we stop it
-                    preexec_fn=_server_preexec(self.cpus),
-                )
-            if self._wait_listening(timeout):
-                self.pid = innermost(self.proc.pid)
-                return
-            self.stop()
-        raise RuntimeError(
-            f"the server did not start listening: {' '.join(argv)}\n"
-            f"its log ({self.log_path}):\n{tail(self.log_path)}"
         )
 
-    def _wait_listening(self, timeout: float) -> bool:
-        assert self.proc is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                return False
-            try:
-                socket.create_connection(self.address, timeout=1).close()
-                return True
-            except OSError:
-                time.sleep(0.05)
-        return False
-
-    def stop(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        # The whole process group: a wrapper (shell, pyenv shim) may not pass it on.
-        # twist stops gracefully, then exits by the signal.
-        signal_group(proc, signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            signal_group(proc, signal.SIGKILL)
-            proc.wait(5)
+    return ServerProcess(argv, log_dir, cpus)
 
 
 class StatsClient:
@@ -1166,11 +1075,13 @@ class Bench:
         elif self.args.connect:
             self.server_pid = None  # the --server-pid is not this server's
         if self.args.server_profile and template == DEFAULT_SERVER_CMD:
-            code = _PROFILED_TWIST.replace("FILE", repr(str(Path(self.args.server_profile))))
-            template = template.replace("-m twisted", "-c " + shlex.quote(code))
-        self.server = ServerProcess(template, max_connections, self.log_dir, self.server_cpus)
+            stats_file = shlex.quote(str(Path(self.args.server_profile)))
+            template = template.replace(
+                "-m twisted", f"-c {shlex.quote(PROFILED_TWIST)} {stats_file}"
+            )
+        self.server = server_process(template, max_connections, self.log_dir, self.server_cpus)
         self.server.start()
-        self.address = self.server.address
+        self.address = ("127.0.0.1", self.server.port)
         self.server_pid = self.server.pid
 
     def stop_server(self) -> None:

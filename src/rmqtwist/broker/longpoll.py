@@ -89,13 +89,7 @@ class HeldPulls:
             and (code is None or held.codes is None or code in held.codes)
         ]
         for held in wake:
-            if held.done:
-                continue
-            timer, held.timer = held.timer, None
-            if timer is not None and timer.active():
-                timer.cancel()
-            self._remove(held)
-            held.rerun()
+            self._answer(held)
 
     def waiting(self) -> dict[tuple[str, int], int]:
         """How many pulls are held per queue (for tests and introspection)."""
@@ -105,10 +99,14 @@ class HeldPulls:
         """Answer every held pull now (the broker is stopping)."""
         for key in list(self._held):
             for held in list(self._held.get(key, [])):
-                if held.done:
-                    continue
-                timer, held.timer = held.timer, None
-                if timer is not None and timer.active():
-                    timer.cancel()
-                self._remove(held)
-                held.rerun()
+                self._answer(held)
+
+    def _answer(self, held: HeldPull) -> None:
+        """Stop ``held``'s timer, forget it and answer it (once)."""
+        if held.done:
+            return
+        timer, held.timer = held.timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+        self._remove(held)
+        held.rerun()

@@ -9,6 +9,7 @@ Resolutions are recorded as messages in the op-half topic, so a restarted broker
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, ClassVar
 
 from twisted.logger import Logger
@@ -31,6 +32,7 @@ from rmqtwist.message import (
 
 if TYPE_CHECKING:
     from rmqtwist.broker.core import Broker
+    from rmqtwist.broker.store import IMessageStore
     from rmqtwist.command import RemotingCommand
     from rmqtwist.interfaces import IRequestContext
 
@@ -42,6 +44,16 @@ COMMIT = int(MessageSysFlag.TRANSACTION_COMMIT)
 ROLLBACK = int(MessageSysFlag.TRANSACTION_ROLLBACK)
 _OP_TAG = "d"
 _SCAN_LIMIT = 1 << 30
+
+
+def _records(store: IMessageStore, topic: str, offset: int) -> Iterator[bytes]:
+    """Every record of ``topic``'s queue 0 from ``offset`` on, read a batch at a time."""
+    while True:
+        result = store.read(topic, 0, offset, 64, _SCAN_LIMIT, None)
+        if not result.records:
+            return
+        yield from result.records
+        offset = result.next_offset
 
 
 class TransactionChecker:
@@ -59,18 +71,12 @@ class TransactionChecker:
     def load(self) -> None:
         """Rebuild the resolved set from the op-half topic."""
         store = self.broker.store
-        offset = store.min_offset(OP_HALF_TOPIC, 0)
-        while True:
-            result = store.read(OP_HALF_TOPIC, 0, offset, 256, _SCAN_LIMIT, None)
-            if not result.records:
-                break
-            for record in result.records:
-                try:
-                    message, _ = decode_record(record)
-                    self.resolved.add(int(message.body.decode("ascii")))
-                except (MalformedMessage, ValueError, UnicodeDecodeError):
-                    continue
-            offset = result.next_offset
+        for record in _records(store, OP_HALF_TOPIC, store.min_offset(OP_HALF_TOPIC, 0)):
+            try:
+                message, _ = decode_record(record)
+                self.resolved.add(int(message.body.decode("ascii")))
+            except (MalformedMessage, ValueError, UnicodeDecodeError):
+                continue
         self._advance()
 
     def _advance(self) -> None:
@@ -104,40 +110,32 @@ class TransactionChecker:
         store = broker.store
         config = broker.config
         now = broker.now_ms()
-        offset = max(self.scan_from, store.min_offset(HALF_TOPIC, 0))
-        self.scan_from = offset
+        self.scan_from = max(self.scan_from, store.min_offset(HALF_TOPIC, 0))
         self._advance()
-        offset = self.scan_from
-        while True:
-            result = store.read(HALF_TOPIC, 0, offset, 64, _SCAN_LIMIT, None)
-            if not result.records:
-                break
-            for record in result.records:
-                try:
-                    half, _ = decode_record(record)
-                except MalformedMessage:
-                    continue
-                if self.is_resolved(half.queue_offset):
-                    continue
-                age = now - half.store_timestamp
-                if age < config.transaction_timeout * 1000:
-                    return  # later half messages are younger still
-                immunity = half.properties.get(Property.CHECK_IMMUNITY_TIME_IN_SECONDS)
-                if immunity and immunity.isdigit() and age < int(immunity) * 1000:
-                    continue  # this one asked to wait longer; later ones may be due
-                times = self.checks.get(half.queue_offset, 0)
-                if times >= config.transaction_check_max:
-                    _log.warn(
-                        "Dropping transaction half message {msg_id}: no outcome after "
-                        "{times} checks",
-                        msg_id=half.msg_id,
-                        times=times,
-                    )
-                    self.resolve(half, half.store_host)
-                    continue
-                if self._send_check(half, times + 1):
-                    self.checks[half.queue_offset] = times + 1
-            offset = result.next_offset
+        for record in _records(store, HALF_TOPIC, self.scan_from):
+            try:
+                half, _ = decode_record(record)
+            except MalformedMessage:
+                continue
+            if self.is_resolved(half.queue_offset):
+                continue
+            age = now - half.store_timestamp
+            if age < config.transaction_timeout * 1000:
+                return  # later half messages are younger still
+            immunity = half.properties.get(Property.CHECK_IMMUNITY_TIME_IN_SECONDS)
+            if immunity and immunity.isdigit() and age < int(immunity) * 1000:
+                continue  # this one asked to wait longer; later ones may be due
+            times = self.checks.get(half.queue_offset, 0)
+            if times >= config.transaction_check_max:
+                _log.warn(
+                    "Dropping transaction half message {msg_id}: no outcome after {times} checks",
+                    msg_id=half.msg_id,
+                    times=times,
+                )
+                self.resolve(half, half.store_host)
+                continue
+            if self._send_check(half, times + 1):
+                self.checks[half.queue_offset] = times + 1
 
     def _send_check(self, half: MessageExt, times: int) -> bool:
         broker = self.broker

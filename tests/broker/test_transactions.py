@@ -245,21 +245,20 @@ def test_dropped_after_the_maximum_number_of_checks() -> None:
     assert late is not None and late.code == ResponseCode.SYSTEM_ERROR
 
 
+def send_immune_half(peer: Peer, body: bytes, seconds: int) -> None:
+    """A half message that asks not to be checked for ``seconds``."""
+    properties = {
+        "TRAN_MSG": "true",
+        "PGROUP": GROUP,
+        "CHECK_IMMUNITY_TIME_IN_SECONDS": str(seconds),
+    }
+    ok(peer.send_message("T", body, properties=properties, sys_flag=PREPARED))
+
+
 def test_check_immunity_time_delays_the_first_check() -> None:
     harness = BrokerHarness(BrokerConfig(transaction_timeout=3))
     peer = producer(harness)
-    ok(
-        peer.send_message(
-            "T",
-            b"immune",
-            properties={
-                "TRAN_MSG": "true",
-                "PGROUP": GROUP,
-                "CHECK_IMMUNITY_TIME_IN_SECONDS": "20",
-            },
-            sys_flag=PREPARED,
-        )
-    )
+    send_immune_half(peer, b"immune", 20)
     harness.advance(19)
     harness.checker.check()
     assert checks(peer) == []
@@ -307,18 +306,7 @@ def test_the_periodic_checker_runs_on_the_clock() -> None:
 def test_an_immune_half_message_does_not_hold_back_the_checks_of_later_ones() -> None:
     harness = BrokerHarness(BrokerConfig(transaction_timeout=3))
     peer = producer(harness)
-    ok(
-        peer.send_message(
-            "T",
-            b"immune",
-            properties={
-                "TRAN_MSG": "true",
-                "PGROUP": GROUP,
-                "CHECK_IMMUNITY_TIME_IN_SECONDS": "60",
-            },
-            sys_flag=PREPARED,
-        )
-    )
+    send_immune_half(peer, b"immune", 60)
     harness.advance(1)
     send_half(peer, b"plain")
     harness.advance(5)

@@ -370,7 +370,11 @@ def test_properties_over_32767_bytes_are_13() -> None:
     peer = harness.peer()
     response = peer.send_message("T", properties={"big": "v" * 32767})
     assert response.code == ResponseCode.MESSAGE_ILLEGAL
+    # bytes, not characters: 11,000 three-byte characters are 33,000 bytes
+    response = peer.send_message("T", properties={"big": "\u20ac" * 11_000})
+    assert response.code == ResponseCode.MESSAGE_ILLEGAL
     assert harness.store.message_count == 0
+    ok(peer.send_message("T", properties={"fits": "\u20ac" * 10_000}))
 
 
 def test_compressed_body_is_stored_untouched() -> None:

@@ -192,7 +192,12 @@ class SendProcessor(BrokerProcessor):
                 ResponseCode.MESSAGE_ILLEGAL,
                 f"the message body size over max value, MAX: {limit}",
             )
-        if properties is not None and len(properties.encode("utf-8")) > _MAX_PROPERTIES:
+        # a character is at most 4 UTF-8 bytes: encode only a string that may be too long
+        if (
+            properties is not None
+            and len(properties) * 4 > _MAX_PROPERTIES
+            and len(properties.encode("utf-8")) > _MAX_PROPERTIES
+        ):
             raise _Refused(
                 ResponseCode.MESSAGE_ILLEGAL,
                 f"the message properties length is over {_MAX_PROPERTIES} bytes",

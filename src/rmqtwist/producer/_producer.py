@@ -1,30 +1,10 @@
-"""A RocketMQ producer on the remoting protocol, behaving as Java's 4.9 client does.
-
-:class:`Producer` fetches topic routes from the name servers (GET_ROUTEINFO_BY_TOPIC),
-caches them and refreshes them every ``route_refresh`` seconds and after a failed send;
-a topic the name servers do not know (TOPIC_NOT_EXIST) is sent with TBW102's route and
-``defaultTopic=TBW102``, so a broker with auto-create makes it, as Java does. The queue is
-chosen round-robin across every writable queue of every master (brokerId 0).
-
-A send that fails with a retryable code (17, 14, 1, 16, 204, 205) or a connection error
-or timeout is tried again (``retries`` more times) on another broker where there is one.
-Fault avoidance, a simple form of Java's ``MQFaultStrategy``: a broker whose send failed
-is avoided for ``isolation`` seconds (30 s by default, Java's figure for a failure);
-queues of avoided brokers are picked only when every broker is avoided.
-
-Every message gets a UNIQ_KEY (:class:`~rmqtwist.message.UniqueIdGenerator`) and WAIT=true;
-bodies of ``compress_over`` bytes or more are zlib-compressed with sysFlag 0x1 | 0x300
-(Java 4.9.4+). Heartbeats (HEART_BEAT with the producer group) go every ``heartbeat_interval``
-seconds to the brokers used; :meth:`Producer.shutdown` sends UNREGISTER_CLIENT to them.
-Time comes from the injected reactor; no threads.
-"""
+"""The :class:`Producer` and its errors and results (see :mod:`rmqtwist.producer`)."""
 
 from __future__ import annotations
 
 import enum
 import json
 import os
-import re
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -39,7 +19,6 @@ from rmqtwist.codes import RequestCode, ResponseCode
 from rmqtwist.command import RemotingCommand
 from rmqtwist.errors import RemotingCallError, RemotingError
 from rmqtwist.headers import (
-    GetRouteInfoRequestHeader,
     SendMessageRequestHeaderV2,
     SendMessageResponseHeader,
     UnregisterClientRequestHeader,
@@ -53,23 +32,15 @@ from rmqtwist.message import (
     encode_batch,
     encode_properties,
 )
-
-__all__ = [
-    "DEFAULT_TOPIC",
-    "RETRY_CODES",
-    "BrokerResponseError",
-    "MessageQueue",
-    "NoRouteError",
-    "Producer",
-    "ProducerClosedError",
-    "ProducerError",
-    "SendFailedError",
-    "SendResult",
-    "SendStatus",
-    "TopicRoute",
-    "parse_route",
-    "stable_hash",
-]
+from rmqtwist.routing import (
+    MessageQueue,
+    RouteError,
+    RouteTable,
+    TopicNotFoundError,
+    TopicRoute,
+    split_addresses,
+)
+from rmqtwist.routing import NoRouteError as _RouteNoRouteError
 
 _log = Logger()
 
@@ -77,7 +48,6 @@ _log = Logger()
 DEFAULT_TOPIC: Final = "TBW102"
 #: Response codes after which Java's 4.9 producer tries again.
 RETRY_CODES: Final = frozenset({17, 14, 1, 16, 204, 205})
-_PERM_WRITE: Final = 2
 _COMPRESSED: Final = int(MessageSysFlag.COMPRESSED | MessageSysFlag.COMPRESSION_ZLIB)
 
 
@@ -85,7 +55,7 @@ class ProducerError(RemotingError):
     """Base of the producer's errors."""
 
 
-class NoRouteError(ProducerError):
+class NoRouteError(ProducerError, _RouteNoRouteError):
     """No name server gave a route with a writable master queue for the topic."""
 
 
@@ -133,15 +103,6 @@ _STATUS_BY_CODE: Final = {
 }
 
 
-@dataclass(frozen=True, slots=True, order=True)
-class MessageQueue:
-    """One queue of a topic on one broker (Java's ``MessageQueue``)."""
-
-    topic: str
-    broker_name: str
-    queue_id: int
-
-
 @dataclass(frozen=True, slots=True)
 class SendResult:
     """What a send gave: ``msg_id`` is the UNIQ_KEY (comma-joined for a batch),
@@ -154,51 +115,9 @@ class SendResult:
     queue_offset: int
 
 
-@dataclass(frozen=True, slots=True)
-class TopicRoute:
-    """A parsed route: master address per broker name, and the writable queues in order."""
-
-    masters: dict[str, str]
-    queues: tuple[MessageQueue, ...]
-
-
-_UNQUOTED_KEY = re.compile(r"([{,]\s*)(-?\d+)(\s*:)")
-
-
-def parse_route(topic: str, body: bytes) -> TopicRoute:
-    """Parse a TopicRouteData body, with quoted or Java's unquoted ``brokerAddrs`` keys.
-
-    Keeps masters (brokerId 0) and the queues with the write permission of brokers that
-    have a master, sorted by broker name then queue id (as Java orders them).
-    """
-    text = body.decode("utf-8")
-    try:
-        data = json.loads(text)
-    except ValueError:
-        data = json.loads(_UNQUOTED_KEY.sub(r'\1"\2"\3', text))
-    masters: dict[str, str] = {}
-    for broker in data.get("brokerDatas") or ():
-        addresses = broker.get("brokerAddrs") or {}
-        master = {str(k).strip(): v for k, v in addresses.items()}.get("0")
-        if master:
-            masters[str(broker["brokerName"])] = str(master)
-    queues: list[MessageQueue] = []
-    for queue_data in sorted(data.get("queueDatas") or (), key=lambda q: str(q["brokerName"])):
-        name = str(queue_data["brokerName"])
-        if name not in masters or not int(queue_data.get("perm", 0)) & _PERM_WRITE:
-            continue
-        for queue_id in range(int(queue_data.get("writeQueueNums", 0))):
-            queues.append(MessageQueue(topic, name, queue_id))
-    return TopicRoute(masters, tuple(queues))
-
-
 def stable_hash(text: str) -> int:
     """A hash of ``text`` that is the same in every process (CRC-32 of its UTF-8 bytes)."""
     return zlib.crc32(text.encode("utf-8"))
-
-
-class _NotExist(Exception):
-    pass
 
 
 Selector = Callable[[Sequence[MessageQueue], Message], MessageQueue]
@@ -232,10 +151,8 @@ class Producer:
             from twisted.internet import reactor as default_reactor
 
             reactor = default_reactor
-        if isinstance(name_servers, str):
-            name_servers = [a.strip() for a in name_servers.split(";") if a.strip()]
         self.group = group
-        self.name_servers = list(name_servers)
+        self.name_servers = split_addresses(name_servers)
         if not self.name_servers:
             raise ValueError("a producer needs at least one name server address")
         self.reactor = reactor
@@ -250,7 +167,9 @@ class Producer:
         self.default_topic_queue_nums = default_topic_queue_nums
         self.client_id = client_id or f"127.0.0.1@{os.getpid()}#{id(self)}"
         self._ids = UniqueIdGenerator(clock=reactor.seconds)
-        self._routes: dict[str, tuple[TopicRoute, bool]] = {}  # topic -> (route, via TBW102)
+        #: The routes, fetched from the name servers and cached.
+        self.routes = RouteTable(self.client, self.name_servers, timeout=send_timeout)
+        self._via_default: dict[str, TopicRoute] = {}  # topics sent with TBW102's route
         self._index = 0
         self._avoid_until: dict[str, float] = {}
         self._used: dict[str, str] = {}  # broker name -> master address
@@ -299,64 +218,51 @@ class Producer:
 
     # -- routes -----------------------------------------------------------------------
 
-    async def _fetch_route(self, topic: str) -> TopicRoute:
-        errors: list[str] = []
-        request = GetRouteInfoRequestHeader(topic=topic).to_request(
-            RequestCode.GET_ROUTEINFO_BY_TOPIC
-        )
-        not_exist = False
-        for address in self.name_servers:
-            try:
-                response = await self.client.invoke(address, request, self.send_timeout)
-            except RemotingError as error:
-                errors.append(f"{address}: {error}")
-                continue
-            if response.code == ResponseCode.SUCCESS and response.body:
-                try:
-                    return parse_route(topic, response.body)
-                except (ValueError, KeyError, TypeError, AttributeError) as error:
-                    errors.append(f"{address}: unreadable route ({error!r})")
-                    continue
-            if response.code == ResponseCode.TOPIC_NOT_EXIST:
-                not_exist = True
-            errors.append(f"{address}: code {response.code} {response.remark or ''}")
-        if not_exist:
-            raise _NotExist()
-        raise NoRouteError(f"no route for {topic!r}: {'; '.join(errors)}")
-
     async def _route(self, topic: str, refresh: bool = False) -> tuple[TopicRoute, bool]:
-        cached = self._routes.get(topic)
-        if cached is not None and not refresh:
-            return cached
+        """``topic``'s route and whether it is TBW102's (the topic is not known yet)."""
+        if not refresh:
+            cached = self.routes.cached(topic)
+            if cached is not None and cached.write_queues:
+                return cached, False
+            fallback = self._via_default.get(topic)
+            if fallback is not None:
+                return fallback, True
         try:
-            entry = await self._fetch_entry(topic)
-        except ProducerError:
-            if cached is not None:  # a failed refresh keeps the route we had
-                return cached
-            raise
-        if not entry[0].queues:
+            route = await self.routes.route(topic, refresh=True)
+        except TopicNotFoundError:
+            return await self._default_route(topic, refresh), True
+        except RouteError as error:
+            fallback = self._via_default.get(topic)
+            if fallback is not None:
+                return fallback, True
+            raise NoRouteError(str(error)) from error
+        if not route.write_queues:
             raise NoRouteError(f"no writable master queue for {topic!r}")
-        self._routes[topic] = entry
-        return entry
+        self._via_default.pop(topic, None)
+        return route, False
 
-    async def _fetch_entry(self, topic: str) -> tuple[TopicRoute, bool]:
+    async def _default_route(self, topic: str, refresh: bool) -> TopicRoute:
         try:
-            entry = (await self._fetch_route(topic), False)
-        except _NotExist:
-            default = await self._fetch_route(DEFAULT_TOPIC)
-            # As Java: at most defaultTopicQueueNums queues per broker, the count the
-            # broker gives a topic it auto-creates.
-            queues = tuple(
-                MessageQueue(topic, q.broker_name, q.queue_id)
-                for q in default.queues
-                if q.queue_id < self.default_topic_queue_nums
-            )
-            entry = (TopicRoute(default.masters, queues), True)
-        return entry
+            default = await self.routes.route(DEFAULT_TOPIC, refresh=refresh)
+        except RouteError as error:
+            raise NoRouteError(f"{topic!r} is not known and {error}") from error
+        # As Java: at most defaultTopicQueueNums queues per broker, the count the broker
+        # gives a topic it auto-creates.
+        queues = tuple(
+            MessageQueue(topic, q.broker_name, q.queue_id)
+            for q in default.write_queues
+            if q.queue_id < self.default_topic_queue_nums
+        )
+        if not queues:
+            raise NoRouteError(f"no writable master queue for {topic!r} (nor {DEFAULT_TOPIC})")
+        route = TopicRoute(topic, default.brokers, queues, ())
+        self._via_default[topic] = route
+        return route
 
     def _refresh_routes(self) -> Deferred[None]:
         async def refresh() -> None:
-            for topic in list(self._routes):
+            await self.routes.refresh_all()
+            for topic in list(self._via_default):
                 try:
                     await self._route(topic, refresh=True)
                 except Exception as error:
@@ -547,7 +453,7 @@ class Producer:
             status = _STATUS_BY_CODE.get(response.code)  # type: ignore[call-overload]
             if status is not None:
                 if via_default:  # the broker has made the topic: ask for its own route next
-                    self._routes.pop(topic, None)
+                    self._via_default.pop(topic, None)
                 header = SendMessageResponseHeader.from_command(response)
                 return SendResult(
                     status,

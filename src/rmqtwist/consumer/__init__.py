@@ -1,0 +1,35 @@
+"""RocketMQ consumers on the remoting protocol.
+
+The shared pieces (one function per broker request, subscriptions, queue allocation)
+live in :mod:`rmqtwist.consumer._base` and are re-exported here.
+"""
+
+from rmqtwist.consumer._base import (
+    RETRY_PREFIX,
+    BrokerAnswerError,
+    ConsumerClosedError,
+    ConsumerData,
+    ConsumerError,
+    PullResult,
+    PullStatus,
+    Subscription,
+    allocate_averagely,
+    parse_expression,
+    restore_retry_topic,
+    retry_topic,
+)
+
+__all__ = [
+    "RETRY_PREFIX",
+    "BrokerAnswerError",
+    "ConsumerClosedError",
+    "ConsumerData",
+    "ConsumerError",
+    "PullResult",
+    "PullStatus",
+    "Subscription",
+    "allocate_averagely",
+    "parse_expression",
+    "restore_retry_topic",
+    "retry_topic",
+]

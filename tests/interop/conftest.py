@@ -8,6 +8,8 @@
   subprocess on a free loopback port, stopped (then killed) in teardown.
 - ``ons_driver`` / ``cpp_driver``: run the two drivers (``produce`` / ``consume``) as
   subprocesses with hard timeouts and parse their JSON lines.
+- ``rmqtwist_driver`` / ``rmqtwist_pull_driver``: rmqtwist's own Producer and
+  PushConsumer (or PullConsumer) as a third driver of the same kind (rmqtwist_client.py).
 
 Nothing here is skipped: a missing tool or package is a test failure with a message saying
 what to install.
@@ -624,6 +626,53 @@ def cpp_driver(cpp_client: CppEnv, tmp_path: Path) -> Iterator[Driver]:
     driver = Driver(
         "cpp", [cpp_client.python, str(cpp_client.script)], cpp_client.script.parent, tmp_path
     )
+    try:
+        yield driver
+    finally:
+        driver.close()
+
+
+# ---------------------------------------------------------------------------
+# rmqtwist's own Producer and consumers, as a third driver
+# ---------------------------------------------------------------------------
+
+RMQTWIST_CLIENT_SCRIPT = INTEROP_DIR / "rmqtwist_client.py"
+
+
+class RmqtwistDriver(Driver):
+    """rmqtwist's Producer and PushConsumer (or PullConsumer) through rmqtwist_client.py,
+    with the command line of the other two drivers; ``rebalance_ms`` sets the consumer's
+    rebalance interval, as for ali-ons."""
+
+    def _consume_args(self, *args: Any) -> list[str]:
+        command = super()._consume_args(*args)
+        rebalance_ms = args[-1]
+        if rebalance_ms is not None:
+            command += ["--rebalance-ms", str(rebalance_ms)]
+        return command
+
+
+def _rmqtwist_driver(name: str, consumer: str, work: Path) -> RmqtwistDriver:
+    if not RMQTWIST_CLIENT_SCRIPT.is_file():
+        pytest.fail(f"the rmqtwist driver {RMQTWIST_CLIENT_SCRIPT} is missing", pytrace=False)
+    prefix = [sys.executable, str(RMQTWIST_CLIENT_SCRIPT), "--consumer", consumer]
+    return RmqtwistDriver(name, prefix, INTEROP_DIR, work)
+
+
+@pytest.fixture
+def rmqtwist_driver(tmp_path: Path) -> Iterator[Driver]:
+    """rmqtwist's Producer and PushConsumer, through rmqtwist_client.py."""
+    driver = _rmqtwist_driver("rmqtwist", "push", tmp_path)
+    try:
+        yield driver
+    finally:
+        driver.close()
+
+
+@pytest.fixture
+def rmqtwist_pull_driver(tmp_path: Path) -> Iterator[Driver]:
+    """rmqtwist's Producer and lite PullConsumer, through rmqtwist_client.py."""
+    driver = _rmqtwist_driver("rmqtwist_pull", "pull", tmp_path)
     try:
         yield driver
     finally:

@@ -321,3 +321,33 @@ async def test_a_signing_client_against_a_checking_server(config_file: Path) -> 
         await signed.close()
         await plain.close()
         await server.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_producer_with_credentials_against_a_broker_with_acl(config_file: Path) -> None:
+    from rmqtwist.acl import Credentials
+    from rmqtwist.message import Message
+    from rmqtwist.producer import NoRouteError, Producer, SendFailedError
+    from rmqtwist.testing import start_broker
+
+    broker = await start_broker()
+    broker.service.factory.register_rpc_hook(AclServerHook(load_acl_file(str(config_file))))
+    broker.create_topic("topicB")
+    broker.create_topic("topicA")
+    signed = Producer("PG", broker.address, credentials=Credentials("RocketMQ", "12345678"))
+    plain = Producer("PG", broker.address, retries=0)
+    await signed.start()
+    await plain.start()
+    try:
+        result = await signed.send(Message("topicB", b"allowed"))
+        assert [m.body for m in broker.messages("topicB")] == [b"allowed"]
+        assert result.queue.topic == "topicB"
+        with pytest.raises(SendFailedError, match="NO_PERMISSION"):
+            await signed.send(Message("topicA", b"denied"))
+        with pytest.raises(NoRouteError, match="code 16 ACL: the request is not signed"):
+            await plain.send(Message("topicB", b"unsigned"))
+        assert broker.messages("topicA") == [] and len(broker.messages("topicB")) == 1
+    finally:
+        await signed.shutdown()
+        await plain.shutdown()
+        await broker.stop()

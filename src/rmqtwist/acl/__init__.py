@@ -23,7 +23,14 @@ from rmqtwist.acl._config import (
     parse_permission,
 )
 from rmqtwist.acl._hooks import AclClientHook, AclFile, AclServerHook, load_acl_file
-from rmqtwist.acl._sign import ACCESS_KEY, SECURITY_TOKEN, SIGNATURE, sign, signature
+from rmqtwist.acl._sign import (
+    ACCESS_KEY,
+    SECURITY_TOKEN,
+    SIGNATURE,
+    Credentials,
+    sign,
+    signature,
+)
 from rmqtwist.acl._verify import ADMIN_CODES, AclDenied, check_request, needed_permissions
 
 __all__ = [
@@ -39,6 +46,7 @@ __all__ = [
     "AclFile",
     "AclServerHook",
     "AddressPattern",
+    "Credentials",
     "Permission",
     "check_request",
     "load_acl_file",

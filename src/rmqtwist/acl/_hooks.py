@@ -10,7 +10,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from rmqtwist.acl._config import AclConfig, AclConfigError, parse_acl
-from rmqtwist.acl._sign import sign
+from rmqtwist.acl._sign import Credentials, sign
 from rmqtwist.acl._verify import AclDenied, check_request
 from rmqtwist.codes import ResponseCode
 from rmqtwist.command import RemotingCommand
@@ -24,12 +24,24 @@ _log = Logger()
 
 @implementer(IRPCHook)
 class AclClientHook:
-    """Signs every request a client sends, as Apache's ``AclClientRPCHook`` does."""
+    """Signs every request a client sends, as Apache's ``AclClientRPCHook`` does:
+    ``AclClientHook(access_key, secret_key)`` or ``AclClientHook(credentials)``."""
 
-    def __init__(self, access_key: str, secret_key: str, security_token: str | None = None) -> None:
-        self.access_key = access_key
-        self._secret_key = secret_key
-        self._security_token = security_token
+    def __init__(
+        self,
+        access_key: str | Credentials,
+        secret_key: str | None = None,
+        security_token: str | None = None,
+    ) -> None:
+        if isinstance(access_key, Credentials):
+            credentials = access_key
+        elif secret_key is None:
+            raise TypeError("AclClientHook needs a secret key (or a Credentials)")
+        else:
+            credentials = Credentials(access_key, secret_key, security_token)
+        self.access_key = credentials.access_key
+        self._secret_key = credentials.secret_key
+        self._security_token = credentials.security_token
 
     def before_request(self, remote_address: str, request: RemotingCommand) -> RemotingCommand:
         if request.is_response:

@@ -7,6 +7,7 @@ body; the signature is its HMAC-SHA1 under the secret key, in base64. Pure: no T
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import hmac
 from collections.abc import Iterable, Mapping
@@ -21,6 +22,16 @@ SIGNATURE: Final = "Signature"
 SECURITY_TOKEN: Final = "SecurityToken"
 #: A key the broker leaves out of the content it checks (Java's UNIQUE_MSG_QUERY_FLAG).
 UNIQUE_KEY_QUERY: Final = "_UNIQUE_KEY_QUERY"
+
+
+@dataclasses.dataclass(frozen=True)
+class Credentials:
+    """An ACL account's keys, as a client signs with them (Java's ``SessionCredentials``);
+    the secret never appears in a repr."""
+
+    access_key: str
+    secret_key: str = dataclasses.field(repr=False)
+    security_token: str | None = dataclasses.field(default=None, repr=False)
 
 
 def signature(

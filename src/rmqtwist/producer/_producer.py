@@ -14,6 +14,7 @@ from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, succe
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from rmqtwist.acl import AclClientHook, Credentials
 from rmqtwist.client import RemotingClient
 from rmqtwist.codes import RequestCode, ResponseCode
 from rmqtwist.command import RemotingCommand
@@ -128,7 +129,9 @@ class Producer:
 
     ``client`` is a :class:`~rmqtwist.client.RemotingClient` to share (not closed by
     :meth:`shutdown`); by default one is made on ``reactor``. See the module doc for
-    routes, retries and fault avoidance.
+    routes, retries and fault avoidance. With ``credentials``
+    (:class:`~rmqtwist.acl.Credentials`) every request is signed for a broker with ACL
+    (the signing hook is registered on ``client``, shared or not).
     """
 
     def __init__(
@@ -146,6 +149,7 @@ class Producer:
         isolation: float = 30.0,
         default_topic_queue_nums: int = 4,
         client_id: str | None = None,
+        credentials: Credentials | None = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
@@ -158,6 +162,8 @@ class Producer:
         self.reactor = reactor
         self._own_client = client is None
         self.client = client if client is not None else RemotingClient(reactor)
+        if credentials is not None:
+            self.client.register_rpc_hook(AclClientHook(credentials))
         self.send_timeout = send_timeout
         self.retries = retries
         self.compress_over = compress_over

@@ -33,12 +33,18 @@ from rmqtwist.producer._producer import (
     SendStatus,
     stable_hash,
 )
+from rmqtwist.producer._transaction import (
+    LocalTransactionState,
+    TransactionProducer,
+    TransactionSendResult,
+)
 from rmqtwist.routing import MessageQueue, TopicRoute, parse_route
 
 __all__ = [
     "DEFAULT_TOPIC",
     "RETRY_CODES",
     "BrokerResponseError",
+    "LocalTransactionState",
     "MessageQueue",
     "NoRouteError",
     "Producer",
@@ -49,6 +55,8 @@ __all__ = [
     "SendResult",
     "SendStatus",
     "TopicRoute",
+    "TransactionProducer",
+    "TransactionSendResult",
     "parse_route",
     "stable_hash",
 ]

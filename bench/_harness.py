@@ -29,6 +29,7 @@ from typing import Any
 __all__ = [
     "Column",
     "LoadProcess",
+    "LoadWindow",
     "ServerProcess",
     "busy_seconds",
     "cpu_seconds",
@@ -38,6 +39,7 @@ __all__ = [
     "free_port",
     "machine_info",
     "percentile",
+    "print_profile",
     "print_stacks",
     "print_table",
     "python_speed",
@@ -286,6 +288,58 @@ def _load_main(
             pipe.send(("error", f"{type(e).__name__}: {e}"))
 
 
+class LoadWindow:
+    """A load process's measured window: what it completed in it, its wall time and the
+    process's CPU time (``time.process_time``: user + system, all threads), optionally
+    under cProfile (``profile``: the stats file written when the window closes)."""
+
+    def __init__(self, profile: str | None = None) -> None:
+        self.completed = 0
+        self.counting = False
+        self.closed = False
+        self.wall_ns = 0
+        self.cpu_ns = 0
+        self.profile_path = profile
+        self._profile: Any = None
+
+    def open(self) -> None:
+        if self.counting or self.closed:
+            return
+        if self.profile_path:
+            import cProfile
+
+            self._profile = cProfile.Profile()
+            self._profile.enable()
+        self.counting = True
+        self.wall_ns = -time.perf_counter_ns()
+        self.cpu_ns = -time.process_time_ns()
+
+    def close(self) -> None:
+        if not self.counting:
+            self.closed = True
+            return
+        self.cpu_ns += time.process_time_ns()
+        self.wall_ns += time.perf_counter_ns()
+        self.counting = False
+        self.closed = True
+        if self._profile is not None:
+            self._profile.disable()
+            self._profile.dump_stats(self.profile_path)
+            self._profile = None
+
+    def count(self, n: int = 1) -> None:
+        if self.counting:
+            self.completed += n
+
+    def result(self) -> dict[str, Any]:
+        """``completed``, ``window_s`` and ``cpu_s``, what the benchmark divides."""
+        return {
+            "completed": self.completed,
+            "window_s": self.wall_ns / 1e9,
+            "cpu_s": self.cpu_ns / 1e9,
+        }
+
+
 def sleep_until(deadline_ns: int) -> None:
     """Sleep until ``time.monotonic_ns()`` reaches ``deadline_ns``."""
     left = (deadline_ns - time.monotonic_ns()) / 1e9
@@ -483,4 +537,23 @@ def print_stacks(path: Path, title: str, process: str | None = None, top: int = 
         print(f"  -- {name}")
         for frame, n in counter.most_common(top):
             print(f"  {100 * n / total:5.1f}%  {frame}")
+    sys.stdout.flush()
+
+
+def print_profile(path: Path, title: str, top: int = 25) -> None:
+    """The top functions of cProfile stats file ``path``, by own time and with callees."""
+    import io
+    import pstats
+
+    print(f"\n{title} (cProfile, {path})")
+    try:
+        stream = io.StringIO()
+        stats = pstats.Stats(str(path), stream=stream)
+    except (OSError, TypeError) as e:
+        print(f"  no profile: {e}")
+        return
+    stats.strip_dirs()
+    for order in ("tottime", "cumulative"):
+        stats.sort_stats(order).print_stats(top)
+    print(stream.getvalue())
     sys.stdout.flush()

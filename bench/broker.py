@@ -41,12 +41,14 @@ from _harness import (
     PROFILED_TWIST,
     Column,
     LoadProcess,
+    LoadWindow,
     ServerProcess,
     busy_seconds,
     cpu_seconds,
     exit_on_sigterm,
     machine_info,
     percentile,
+    print_profile,
     print_stacks,
     print_table,
     python_speed,
@@ -61,6 +63,7 @@ from rmqtwist.headers import (
     CreateTopicRequestHeader,
     PullMessageRequestHeader,
     SendMessageRequestHeaderV2,
+    SendMessageResponseHeader,
 )
 from rmqtwist.message import (
     Message,
@@ -78,6 +81,10 @@ TARGET_P50_US = 150  # 1 in flight
 TARGET_BEYOND_BODY = 250  # bytes of broker RSS per stored message beyond its body
 
 ROWS = ("send", "send-1k", "latency", "echo", "disk-sync", "disk-async", "memory", "pull")
+#: The rows of the public APIs (not run by default): Producer.send against the same sends
+#: made as raw RemotingClient calls; PushConsumer and PullConsumer against raw pulls.
+API_ROWS = ("producer", "push", "lite")
+TARGET_PRODUCER_RATIO = 1.5  # producer load CPU per message <= 1.5x a raw send's
 GROUP = "bench_group"
 TAG = "TagA"
 PULL_BATCH = 32
@@ -386,6 +393,263 @@ def load_main(pipe: Connection, spec: Spec) -> None:
 
 
 # ---------------------------------------------------------------------------
+# The loads on the public APIs: Producer, PushConsumer, PullConsumer
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class ApiSpec:
+    """What one public-API load process does against ``address`` (name server + broker)."""
+
+    address: str
+    mode: str  # "producer", "raw" (the same sends as bare RemotingClient calls), "push", "lite"
+    topic: str
+    queues: int
+    in_flight: int = 64  # producer / raw: sends outstanding
+    body_size: int = 128
+    warm: int = 2_000  # producer / raw: sends before "ready", not counted
+    group: str = "bench_consumer"  # push / lite: a new group, so it reads from the first offset
+    backlog: int = 0  # push / lite: messages in the topic (running out of them is an error)
+    profile: str | None = None  # cProfile the measured window into this file
+
+
+class ApiLoad:
+    """One load process on the public APIs, on Twisted's epoll reactor.
+
+    ``producer``: :meth:`Producer.send` of a tagged, keyed message, ``in_flight`` at a time
+    (each answer starts the next send). ``raw``: the same send as one
+    :meth:`RemotingClient.invoke` of SEND_MESSAGE_V2 built per message (its properties
+    TAGS, KEYS, UNIQ_KEY and WAIT encoded, the header made, the answer's header read): what
+    a program without the producer would have to do, so the producer's own cost is the
+    difference. ``push``: a :class:`PushConsumer` of a new group reading the topic's
+    backlog from its first offset, its listener counting; ``lite``: a
+    :class:`PullConsumer` the same way, polling batches. The window is counted by
+    :class:`_harness.LoadWindow`.
+    """
+
+    def __init__(self, spec: ApiSpec) -> None:
+        from twisted.internet import epollreactor
+
+        epollreactor.install()  # type: ignore[no-untyped-call]  # a forked child: the parent never installed a reactor
+        from twisted.internet import reactor
+
+        from rmqtwist.client import RemotingClient
+
+        self.reactor: Any = reactor
+        self.spec = spec
+        self.client = RemotingClient(reactor)
+        self.window = LoadWindow(spec.profile)
+        self.errors: Counter[str] = Counter()
+        self.body = (bytes(range(256)) * (spec.body_size // 256 + 1))[: spec.body_size]
+        self.ids = UniqueIdGenerator()
+        self.index = 0
+        self.sent = self.answered = self.received = 0
+        self.sending = False
+        self.producer: Any = None
+        self.consumer: Any = None
+        self.ran_out = False  # push / lite: the whole backlog was read before the window ended
+        self._done: Any = None
+
+    def run(self, pipe: Connection) -> None:
+        from twisted.internet.defer import ensureDeferred
+
+        def main() -> None:
+            d = ensureDeferred(self._main(pipe))
+            d.addErrback(lambda f: self.errors.update([f"load: {f.getErrorMessage()}"]))
+            d.addBoth(lambda _: self.reactor.stop())
+
+        self.reactor.callWhenRunning(main)
+        self.reactor.run(installSignalHandlers=False)
+        result = self.window.result()
+        result["errors"] = dict(self.errors)
+        result["ran_out"] = self.ran_out
+        pipe.send(("result", result))
+
+    async def _main(self, pipe: Connection) -> None:
+        from twisted.internet.defer import Deferred
+
+        spec = self.spec
+        if spec.mode in ("producer", "raw"):
+            header = CreateTopicRequestHeader(
+                topic=spec.topic, read_queue_nums=spec.queues, write_queue_nums=spec.queues
+            )
+            request = header.to_request(RequestCode.UPDATE_AND_CREATE_TOPIC)
+            response = await self.client.invoke(spec.address, request, 30.0)
+            if response.code != ResponseCode.SUCCESS:
+                raise RuntimeError(f"creating {spec.topic} answered {response.code}")
+            if spec.mode == "producer":
+                from rmqtwist.producer import Producer
+
+                self.producer = Producer(
+                    "bench_producer", spec.address, reactor=self.reactor, client=self.client
+                )
+                await self.producer.start()
+            await self._sends(Deferred(), spec.warm)
+        pipe.send(("ready", {}))
+        _, start_ns, end_ns = pipe.recv()  # blocking: nothing else is going on
+        now = time.monotonic_ns()
+        self.reactor.callLater(max(start_ns - now, 0) / 1e9, self.window.open)
+        self.reactor.callLater(max(end_ns - now, 0) / 1e9, self._window_closes)
+        done: Deferred[None] = Deferred()
+        if spec.mode in ("producer", "raw"):
+            await self._sends(done, None)
+            if self.producer is not None:
+                await self.producer.shutdown()
+        else:
+            self._done = done
+            await self._consume()
+            await done
+            await self.consumer.shutdown()
+            self.ran_out = self.received >= spec.backlog
+        await self.client.close()
+
+    def _window_closes(self) -> None:
+        self.window.close()
+        self.sending = False
+        self._maybe_done()
+
+    def _maybe_done(self) -> None:
+        if not self.sending and self.sent == self.answered and not self._done.called:
+            self._done.callback(None)
+
+    # -- sending --
+
+    def _sends(self, done: Any, limit: int | None) -> Any:
+        self._done = done
+        self.limit = limit
+        self.sent = self.answered = 0
+        self.sending = True
+        for _ in range(self.spec.in_flight if limit is None else min(self.spec.in_flight, limit)):
+            self._send()
+        return done
+
+    def _send(self) -> None:
+        n = self.index
+        self.index = n + 1
+        self.sent += 1
+        if self.producer is not None:
+            message = Message(self.spec.topic, self.body, tags=TAG, keys=(f"key-{n:09d}",))
+            d = self.producer.send(message)
+            d.addCallbacks(self._sent_by_producer, self._failed)
+        else:
+            d = self.client.invoke(self.spec.address, self._raw_request(n), 30.0)
+            d.addCallbacks(self._sent_raw, self._failed)
+
+    def _raw_request(self, n: int) -> RemotingCommand:
+        properties = {
+            Property.TAGS: TAG,
+            Property.KEYS: f"key-{n:09d}",
+            Property.UNIQ_KEY: self.ids.next_id(),
+            Property.WAIT: "true",
+        }
+        header = SendMessageRequestHeaderV2(
+            a="bench_producer",
+            b=self.spec.topic,
+            e=n % self.spec.queues,
+            g=int(time.time() * 1000),
+            i=encode_properties(properties),
+            j=0,
+            m=False,
+        )
+        return header.to_request(RequestCode.SEND_MESSAGE_V2, self.body)
+
+    def _sent_by_producer(self, result: Any) -> None:
+        if not result.offset_msg_id or result.status.name != "SEND_OK":
+            self.errors[f"send gave {result}"] += 1
+        self._answered()
+
+    def _sent_raw(self, response: RemotingCommand) -> None:
+        if response.code != ResponseCode.SUCCESS:
+            self.errors[f"send answered {response.code}: {response.remark}"] += 1
+        elif not SendMessageResponseHeader.from_command(response).msg_id:
+            self.errors["send answered no msgId"] += 1
+        self._answered()
+
+    def _answered(self) -> None:
+        self.answered += 1
+        self.window.count()
+        limit = self.limit
+        if self.sending and (limit is None or self.sent < limit):
+            self._send()
+        else:
+            if limit is not None and self.sent >= limit:
+                self.sending = False
+            self._maybe_done()
+
+    def _failed(self, failure: Any) -> None:
+        self.answered += 1
+        self.errors[f"{type(failure.value).__name__}: {failure.getErrorMessage()}"] += 1
+        self.sending = False  # stop at the first failure: the row is void anyway
+        self._maybe_done()
+
+    # -- consuming --
+
+    async def _consume(self) -> None:
+        from rmqtwist.consumer import ConsumeFrom
+
+        spec = self.spec
+        self.sending = True  # here: consuming
+        if spec.mode == "push":
+            from rmqtwist.consumer import PushConsumer
+
+            self.consumer = PushConsumer(
+                spec.group,
+                spec.address,
+                self._listener,
+                reactor=self.reactor,
+                client=self.client,
+                consume_from=ConsumeFrom.FIRST,
+            )
+            self.consumer.subscribe(spec.topic, "*")
+            await self.consumer.start()
+        else:
+            from rmqtwist.consumer import PullConsumer
+
+            self.consumer = PullConsumer(
+                spec.group,
+                spec.address,
+                reactor=self.reactor,
+                client=self.client,
+                consume_from=ConsumeFrom.FIRST,
+            )
+            self.consumer.subscribe(spec.topic, "*")
+            await self.consumer.start()
+            self._poll()
+
+    def _listener(self, message: Any) -> None:
+        self._received([message])
+
+    def _received(self, messages: list[Any]) -> None:
+        size = self.spec.body_size
+        for message in messages:
+            if len(message.body) != size:
+                self.errors[f"a body of {len(message.body)} B, not {size}"] += 1
+        self.received += len(messages)
+        self.window.count(len(messages))
+        if self.received >= self.spec.backlog:
+            self.window.close()
+            self.sending = False
+            self._maybe_done()
+
+    def _poll(self) -> None:
+        if not self.sending:
+            self._maybe_done()
+            return
+        self.sent += 1
+        d = self.consumer.poll(timeout=1.0)
+        d.addCallbacks(self._polled, self._failed)
+
+    def _polled(self, messages: list[Any]) -> None:
+        self.answered += 1
+        self._received(messages)
+        self._poll()
+
+
+def api_load_main(pipe: Connection, spec: ApiSpec) -> None:
+    ApiLoad(spec).run(pipe)
+
+
+# ---------------------------------------------------------------------------
 # Rows
 # ---------------------------------------------------------------------------
 
@@ -537,6 +801,8 @@ class Bench:
     # -- the rows --
 
     def run(self) -> None:
+        if set(API_ROWS) & self.args.rows:
+            self.api_rows()
         chosen, args = self.args.rows, self.args
         procs, in_flight = args.load_procs, args.in_flight
         shown = f"{procs}x{in_flight // procs}" if in_flight % procs == 0 else f"{in_flight}"
@@ -578,6 +844,122 @@ class Bench:
                     row = Row("pull", "memory", 128, f"{args.queues}x1")
                     row = self.window(server, specs, row)
                     self.judge(row, row.msgs_per_s, TARGET_PULL, "msgs/s")
+
+    # -- the public-API rows --
+
+    def api_window(
+        self, server: ServerProcess, spec: ApiSpec, row: Row
+    ) -> tuple[Row, dict[str, Any]]:
+        """Run one public-API load process for --warmup then --duration (the broker's CPU
+        measured over the window it counts in); the row and the load's result."""
+        args = self.args
+        with LoadProcess(api_load_main, (spec,), self.load_cpus) as load:
+            load.expect("ready", 120)
+            start = time.monotonic_ns() + int(args.warmup * 1e9)
+            end = start + int(args.duration * 1e9)
+            load.send(("go", start, end))
+            sleep_until(start)
+            cpu0, busy0 = cpu_seconds(server.pid), busy_seconds()
+            sleep_until(end)
+            cpu1, busy1 = cpu_seconds(server.pid), busy_seconds()
+            result = load.expect("result", 120)
+        result["latencies"] = b""
+        self._fill(row, [result], cpu0, cpu1)
+        if row.broker_cpu is not None and row.msgs_per_s is not None and row.load_us is not None:
+            ours = row.broker_cpu + row.load_us * row.msgs_per_s / 1e4
+            row.other_cpu = max(0.0, (busy1 - busy0) / args.duration * 100 - ours)
+        if spec.profile:
+            print_profile(Path(spec.profile), f"the {spec.mode} load, {spec.body_size} B")
+        return row, result
+
+    def _api_spec(
+        self, server: ServerProcess, mode: str, topic: str, body: int, **kw: Any
+    ) -> ApiSpec:
+        profile = None
+        if self.args.client_profile and mode in self.args.client_profile_modes:
+            directory = Path(self.args.client_profile)
+            directory.mkdir(parents=True, exist_ok=True)
+            profile = str(directory / f"{mode}-{body}.prof")
+        return ApiSpec(
+            server.address, mode, topic, self.args.queues, body_size=body, profile=profile, **kw
+        )
+
+    def ratio(self, name: str, body: int, ours: Row, raw: Row, target: float | None) -> None:
+        """A row comparing the load CPU per message of ``ours`` with ``raw``'s."""
+        row = Row(name, "memory", body, ours.in_flight)
+        row.errors = ours.errors or raw.errors
+        if ours.load_us and raw.load_us:
+            value = ours.load_us / raw.load_us
+            row.figure = f"{value:.2f}x ({ours.load_us:.1f} / {raw.load_us:.1f} us)"
+            row.extra = {"ratio": round(value, 3), "ours_us": ours.load_us, "raw_us": raw.load_us}
+            if target is not None:
+                row.ok = not row.errors and value <= target
+        if target is not None:
+            row.target = f"<= {target:g}x"
+        self.rows.append(row)
+        if not self.args.quiet:
+            line = f"  {name} ({body} B): {row.figure or '-'}"
+            line += f" (target {row.target})" if row.target else ""
+            print(line, file=sys.stderr, flush=True)
+
+    def api_rows(self) -> None:
+        """The producer against raw sends, then the two consumers against raw pulls, for
+        each of --bodies; one broker for all."""
+        chosen, args = self.args.rows, self.args
+        shown = str(args.api_in_flight)
+        with self.broker() as server:
+            for body in args.bodies:
+                if "producer" not in chosen:
+                    break
+                rows: dict[str, Row] = {}
+                for mode in ("raw", "producer"):
+                    topic = f"BenchApi{mode.capitalize()}{body}"
+                    spec = self._api_spec(server, mode, topic, body, in_flight=args.api_in_flight)
+                    name = "producer" if mode == "producer" else "raw send"
+                    row, _ = self.api_window(server, spec, Row(name, "memory", body, shown))
+                    self.judge(row, row.load_us, None, "us/msg load")
+                    rows[mode] = row
+                self.ratio("prod/raw", body, rows["producer"], rows["raw"], TARGET_PRODUCER_RATIO)
+            for body in args.bodies:
+                if not {"push", "lite"} & chosen:
+                    break
+                topic = f"BenchApiBacklog{body}"
+                self.fill(server, topic, body)
+                specs = self.specs(server, "pull", topic, 1, decode=True)
+                raw = self.window(
+                    server, specs, Row("raw pull", "memory", body, f"{args.queues}x1")
+                )
+                self.judge(raw, raw.load_us, None, "us/msg load")
+                for mode in ("push", "lite"):
+                    if mode not in chosen:
+                        continue
+                    spec = self._api_spec(
+                        server,
+                        mode,
+                        topic,
+                        body,
+                        group=f"bench_{mode}_{body}",
+                        backlog=args.backlog,
+                    )
+                    row, result = self.api_window(server, spec, Row(mode, "memory", body, "-"))
+                    self.judge(row, row.load_us, None, "us/msg load")
+                    if result.get("ran_out"):
+                        row.extra = {"backlog_ran_out": True}
+                        row.figure += " (read the whole backlog: --backlog)"
+                    self.ratio(f"{mode}/raw", body, row, raw, None)
+
+    def fill(self, server: ServerProcess, topic: str, body: int) -> None:
+        """Store --backlog messages of ``body`` bytes in ``topic`` (raw sends, 4 processes)."""
+        count = self.args.backlog
+        kw = {"in_flight": 64, "count": count, "body_size": body, "warm": 0}
+        specs = self.specs(server, "send", topic, 4, **kw)
+        with self.loads(specs) as (loads, _):
+            for load in loads:
+                load.send(("go", 0, 0))
+            results = [load.expect("result", 60 + count / 1000) for load in loads]
+        errors = sum(sum(r["errors"].values()) for r in results)
+        if errors:
+            raise RuntimeError(f"filling {topic}: {[r['errors'] for r in results]}")
 
     def memory(self, server: ServerProcess, procs: int, shown: str) -> None:
         """Store --messages messages in a fresh in-memory broker: its RSS and its store's
@@ -624,7 +1006,7 @@ def _share(total: int, parts: int, i: int) -> int:
 # ---------------------------------------------------------------------------
 
 COLUMNS = [
-    Column("name", "row", 7, "<"),
+    Column("name", "row", 8, "<"),
     Column("store", "store", 10, "<"),
     Column("body", "body", 5),
     Column("in_flight", "in-fl", 5),
@@ -682,6 +1064,30 @@ def _parser() -> argparse.ArgumentParser:
         help="run each broker under cProfile (about 3x slower: its figures mean nothing) "
         "and write FILE.PORT when it stops",
     )
+    parser.add_argument(
+        "--bodies", default="128,1024", help="body sizes of the public-API rows [128,1024]"
+    )
+    parser.add_argument(
+        "--api-in-flight", type=int, default=64, help="the producer and raw rows' sends [64]"
+    )
+    parser.add_argument(
+        "--backlog",
+        type=int,
+        default=150_000,
+        help="messages stored for the push and lite rows to read, per body size [150000]",
+    )
+    parser.add_argument(
+        "--client-profile",
+        metavar="DIR",
+        help="run cProfile in the public-API load processes over the measured window, "
+        "write DIR/MODE-BODY.prof and print their top functions (the figures then mean "
+        "nothing)",
+    )
+    parser.add_argument(
+        "--client-profile-modes",
+        default="producer,raw,push,lite",
+        help="which loads --client-profile profiles [producer,raw,push,lite]",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     return parser
 
@@ -690,8 +1096,15 @@ def main() -> int:
     parser = _parser()
     args = parser.parse_args()
     args.rows = set(args.rows.split(","))
-    if not args.rows <= set(ROWS):
-        parser.error(f"--rows takes some of {','.join(ROWS)}")
+    if not args.rows <= set(ROWS) | set(API_ROWS):
+        parser.error(f"--rows takes some of {','.join(ROWS + API_ROWS)}")
+    try:
+        args.bodies = [int(size) for size in args.bodies.split(",")]
+    except ValueError:
+        parser.error("--bodies takes sizes in bytes, comma-separated")
+    args.client_profile_modes = set(args.client_profile_modes.split(","))
+    if min(args.api_in_flight, args.backlog, *args.bodies) < 1:
+        parser.error("--api-in-flight, --backlog and --bodies must be at least 1")
     if min(args.in_flight, args.queues, args.load_procs, args.pull_procs) < 1:
         parser.error("--in-flight, --queues, --load-procs and --pull-procs must be at least 1")
     if args.duration <= 0 or args.warmup < 0 or args.load_procs > args.in_flight:

@@ -55,7 +55,9 @@ _PREPARED: Final = int(MessageSysFlag.TRANSACTION_PREPARED)
 class LocalTransactionState(enum.Enum):
     """A local transaction's outcome (Java's ``LocalTransactionState``, same values)."""
 
+    #: Done: the broker makes the message visible to consumers.
     COMMIT = "COMMIT_MESSAGE"
+    #: Undone: the broker drops the half message; no consumer ever sees it.
     ROLLBACK = "ROLLBACK_MESSAGE"
     #: Not known yet: the broker asks again later (CHECK_TRANSACTION_STATE).
     UNKNOWN = "UNKNOW"
@@ -252,8 +254,9 @@ class TransactionProducer(Producer):
         A failed half send fails with the send's error, and ``execute`` does not run. A
         half message the broker stored without SEND_OK (a flush timeout) is rolled back
         without running ``execute``, as Java's. ``execute`` is given the message as sent
-        (with TRAN_MSG, PGROUP and its UNIQ_KEY). A delay level is refused (ValueError):
-        a transactional message cannot be delayed.
+        (with TRAN_MSG, PGROUP and its UNIQ_KEY). ``timeout`` bounds each send try, as
+        for :meth:`Producer.send`. A delay level is refused (ValueError): a transactional
+        message cannot be delayed.
         """
         if message.delay_level:
             raise ValueError("a transactional message cannot have a delay level")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 
 from tests.interop import broker_cases as cases
-from tests.interop.conftest import Driver, RunningBroker
+from tests.interop.conftest import Driver, RunningBroker, create_topic
 
 pytestmark = pytest.mark.interop
 
@@ -43,3 +43,38 @@ def test_ali_ons_gets_rmqtwist_delayed_message_after_its_level(
     broker: RunningBroker, rmqtwist_driver: Driver, ons_driver: Driver
 ) -> None:
     cases.delayed_message_waits_for_its_level(ons_driver, rmqtwist_driver, broker)
+
+
+def test_ali_ons_reads_rmqtwist_ordered_sends_in_their_queues(
+    broker: RunningBroker, rmqtwist_driver: Driver, ons_driver: Driver
+) -> None:
+    """Sends with a queue selector land in the chosen queue, in send order there."""
+    topic = cases.unique("Ordered")
+    create_topic(broker.address, topic, cases.QUEUES)
+    specs = [cases.message(seq, rmqtwist_driver.name, label="ordered") for seq in range(16)]
+    for spec in specs:
+        spec["queueId"] = int(spec["properties"]["seq"]) // 4  # four in a row per queue
+    sent = rmqtwist_driver.produce(broker.address, topic, specs).sent
+    assert [line["queueId"] for line in sent] == [seq // 4 for seq in range(16)], sent
+    run = ons_driver.consume(
+        broker.address, cases.unique("OrderedGroup"), topic, count=16, linger=1.0
+    )
+    cases.check_all(run.consumed, specs, sent, topic, ons_driver.name)
+    for line in run.consumed:
+        assert line["queueId"] == cases.seq_of(line) // 4, line
+
+
+def test_cpp_reads_what_rmqtwist_sent_to_a_topic_nobody_created(
+    broker: RunningBroker, rmqtwist_driver: Driver, cpp_driver: Driver
+) -> None:
+    """A topic the name server does not know is sent with TBW102's route (defaultTopic
+    TBW102), so the broker makes it; the C++ client then reads every message as sent."""
+    topic = cases.unique("AutoCreated")
+    specs = [cases.message(seq, rmqtwist_driver.name, label="auto") for seq in range(8)]
+    sent = rmqtwist_driver.produce(broker.address, topic, specs).sent
+    assert len(sent) == 8
+    run = cpp_driver.consume(
+        broker.address, cases.unique("AutoGroup"), topic, count=8, linger=1.0,
+        properties=cases.USER_PROPERTIES,
+    )  # fmt: skip
+    cases.check_all(run.consumed, specs, sent, topic, cpp_driver.name)

@@ -427,6 +427,15 @@ async def pause(seconds: float) -> None:
     await deferLater(reactor, seconds, lambda: None)
 
 
+async def settled(local: Local) -> None:
+    """The half message is resolved: the broker checks it no more. (The dev broker
+    checks every interval, so one check may already be under way when it resolves.)"""
+    await pause(0.3)
+    count = len(local.checked)
+    await pause(0.6)
+    assert len(local.checked) == count
+
+
 class Local:
     """A local transaction log: ``execute`` and ``check`` answer from ``states``, and
     record what they were asked."""
@@ -529,13 +538,12 @@ async def test_unknown_then_the_check_commits() -> None:
         assert result.local_state is UNKNOWN
         assert broker.messages("TxT") == []
         await eventually(lambda: [m.body for m in broker.messages("TxT")] == [b"later"])
-        [checked] = local.checked
+        checked = local.checked[0]
         assert (checked.topic, checked.body, checked.tags) == ("TxT", b"later", "T")
         assert checked.msg_id == result.transaction_id
         assert checked.properties["TRANSACTION_CHECK_TIMES"] == "1"
         assert checked.queue_id == result.queue.queue_id
-        await pause(0.5)
-        assert len(local.checked) == 1  # settled: no more checks
+        await settled(local)
     finally:
         await producer.shutdown()
         await broker.stop()
@@ -548,7 +556,9 @@ async def test_a_check_that_raises_is_checked_again() -> None:
     try:
         await eventually(lambda: [m.body for m in broker.messages("TxT")] == [b"retried"])
         times = [m.properties["TRANSACTION_CHECK_TIMES"] for m in local.checked]
-        assert times == ["1", "2", "3"]
+        # A check sent before the commit reached the broker may come once more.
+        assert times[:3] == ["1", "2", "3"]
+        await settled(local)
     finally:
         await producer.shutdown()
         await broker.stop()
@@ -560,9 +570,8 @@ async def test_execute_raising_is_unknown_and_the_check_rolls_back() -> None:
     broker, producer, result = await run(local, Message("TxT", b"failed"))
     try:
         assert result.local_state is UNKNOWN
-        await eventually(lambda: len(local.checked) == 1)
-        await pause(0.5)
-        assert len(local.checked) == 1  # rolled back by the check: settled
+        await eventually(lambda: len(local.checked) >= 1)
+        await settled(local)
         assert broker.messages("TxT") == []
     finally:
         await producer.shutdown()

@@ -652,17 +652,19 @@ class RmqtwistDriver(Driver):
         return command
 
 
-def _rmqtwist_driver(name: str, consumer: str, work: Path) -> RmqtwistDriver:
+def rmqtwist_driver_with(name: str, consumer: str, work: Path, *options: str) -> RmqtwistDriver:
+    """A driver running rmqtwist_client.py with ``--consumer consumer`` and ``options``
+    (its options before the mode, e.g. ``--batch 5``)."""
     if not RMQTWIST_CLIENT_SCRIPT.is_file():
         pytest.fail(f"the rmqtwist driver {RMQTWIST_CLIENT_SCRIPT} is missing", pytrace=False)
-    prefix = [sys.executable, str(RMQTWIST_CLIENT_SCRIPT), "--consumer", consumer]
+    prefix = [sys.executable, str(RMQTWIST_CLIENT_SCRIPT), "--consumer", consumer, *options]
     return RmqtwistDriver(name, prefix, INTEROP_DIR, work)
 
 
 @pytest.fixture
 def rmqtwist_driver(tmp_path: Path) -> Iterator[Driver]:
     """rmqtwist's Producer and PushConsumer, through rmqtwist_client.py."""
-    driver = _rmqtwist_driver("rmqtwist", "push", tmp_path)
+    driver = rmqtwist_driver_with("rmqtwist", "push", tmp_path)
     try:
         yield driver
     finally:
@@ -672,7 +674,7 @@ def rmqtwist_driver(tmp_path: Path) -> Iterator[Driver]:
 @pytest.fixture
 def rmqtwist_pull_driver(tmp_path: Path) -> Iterator[Driver]:
     """rmqtwist's Producer and lite PullConsumer, through rmqtwist_client.py."""
-    driver = _rmqtwist_driver("rmqtwist_pull", "pull", tmp_path)
+    driver = rmqtwist_driver_with("rmqtwist_pull", "pull", tmp_path)
     try:
         yield driver
     finally:

@@ -2,7 +2,8 @@
 tests' third driver, with the command line and JSON lines of the other two (cpp_client.py,
 node/ons_broker_client.js), so broker_cases.py runs with rmqtwist on either side::
 
-    python rmqtwist_client.py produce --namesrv 127.0.0.1:PORT --topic T [--group G] < msgs.jsonl
+    python rmqtwist_client.py [--batch N] produce --namesrv 127.0.0.1:PORT --topic T
+        [--group G] < msgs.jsonl
     python rmqtwist_client.py [--consumer push|pull] consume --namesrv 127.0.0.1:PORT
         --group G --topic T [--count N] [--expression '*'] [--from last|first|timestamp]
         [--linger-ms 0] [--fail-prefix P] [--fail-mode retry|throw] [--rebalance-ms MS]
@@ -18,7 +19,10 @@ and sends them one at a time with :meth:`rmqtwist.producer.Producer.send`, print
 line per send result: ``{"kind":"sent","index","topic","msgId","offsetMsgId","queueId",
 "queueOffset","status","brokerName"}``; ``msgId`` is the UNIQ_KEY (as Java's and the C++
 client's results show it). The first failed send, or ``--timeout-ms`` passing, ends the
-run (status 1).
+run (status 1). With ``--batch N``, each N lines in a row go as one
+:meth:`~rmqtwist.producer.Producer.send_batch` (SEND_BATCH_MESSAGE; no ``queueId`` or
+``delayLevel`` then), still printed one line per message: the batch's UNIQ_KEYs and offset
+msgIds split, ``queueOffset`` the first one's plus the message's place in the batch.
 
 ``consume`` runs a :class:`rmqtwist.consumer.PushConsumer` (``--consumer push``, the
 default) or a :class:`rmqtwist.consumer.PullConsumer` (``--consumer pull``: subscribed,
@@ -212,7 +216,12 @@ async def produce(reactor: Any, args: argparse.Namespace, out: Output) -> int:
     await producer.start()
     sent = 0
     try:
+        if args.batch:
+            await produce_batches(producer, args, specs, messages, out, deadline)
+            sent = len(specs)
         for index, (spec, message) in enumerate(zip(specs, messages, strict=True)):
+            if args.batch:
+                break
             if time.monotonic() > deadline:
                 raise Failed(
                     f"timed out after {args.timeout_ms} ms with {sent} of {len(specs)} "
@@ -242,6 +251,45 @@ async def produce(reactor: Any, args: argparse.Namespace, out: Output) -> int:
         await producer.shutdown()
     out.line(kind="closed", sent=sent)
     return 0
+
+
+async def produce_batches(
+    producer: Any,
+    args: argparse.Namespace,
+    specs: Sequence[Mapping[str, Any]],
+    messages: Sequence[Any],
+    out: Output,
+    deadline: float,
+) -> None:
+    """``messages`` in batches of ``args.batch``, one output line per message."""
+    for start in range(0, len(messages), args.batch):
+        if time.monotonic() > deadline:
+            raise Failed(f"timed out after {args.timeout_ms} ms with {start} messages sent")
+        chunk = messages[start : start + args.batch]
+        if any(spec.get("queueId") is not None for spec in specs[start : start + args.batch]):
+            raise Usage("--batch sends cannot choose a queue (queueId)")
+        try:
+            result = await producer.send_batch(chunk)
+        except Exception as e:
+            raise Failed(f"batch from message {start} failed: {type(e).__name__}: {e}") from e
+        ids = result.msg_id.split(",")
+        offset_ids = result.offset_msg_id.split(",")
+        if len(ids) != len(chunk) or len(offset_ids) != len(chunk):
+            raise Failed(
+                f"a batch of {len(chunk)} gave the ids {result.msg_id!r} / {result.offset_msg_id!r}"
+            )
+        for place, (uniq, offset_id) in enumerate(zip(ids, offset_ids, strict=True)):
+            out.line(
+                kind="sent",
+                index=start + place,
+                topic=args.topic,
+                msgId=uniq,
+                offsetMsgId=offset_id,
+                queueId=result.queue.queue_id,
+                queueOffset=result.queue_offset + place,
+                status=result.status.name,
+                brokerName=result.queue.broker_name,
+            )
 
 
 # ---------------------------------------------------------------------------
@@ -478,6 +526,9 @@ def parser() -> Parser:
     top = Parser(prog=PROG, description=__doc__.splitlines()[0])
     top.add_argument(
         "--consumer", choices=["push", "pull"], default="push", help="which consumer to run"
+    )
+    top.add_argument(
+        "--batch", type=non_negative, default=0, help="produce: N messages per send_batch"
     )
     modes = top.add_subparsers(dest="mode", required=True, parser_class=Parser)
     common = Parser(add_help=False)

@@ -10,10 +10,12 @@ user properties, message ids, queue order), and the other way round.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tests.interop import broker_cases as cases
-from tests.interop.conftest import Driver, RunningBroker, create_topic
+from tests.interop.conftest import Driver, RunningBroker, create_topic, rmqtwist_driver_with
 
 pytestmark = pytest.mark.interop
 
@@ -78,3 +80,30 @@ def test_cpp_reads_what_rmqtwist_sent_to_a_topic_nobody_created(
         properties=cases.USER_PROPERTIES,
     )  # fmt: skip
     cases.check_all(run.consumed, specs, sent, topic, cpp_driver.name)
+
+
+@pytest.mark.parametrize("reader", ["ons", "cpp"])
+def test_other_clients_read_rmqtwist_batches(
+    broker: RunningBroker,
+    reader: str,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+) -> None:
+    """Messages sent five at a time with send_batch (SEND_BATCH_MESSAGE) come out one by
+    one, each exactly as sent, at consecutive offsets of the batch's queue."""
+    consumer: Driver = request.getfixturevalue(f"{reader}_driver")
+    batches = rmqtwist_driver_with("rmqtwist", "push", tmp_path / "batch", "--batch", "5")
+    (tmp_path / "batch").mkdir()
+    topic = cases.unique("Batch")
+    create_topic(broker.address, topic, cases.QUEUES)
+    specs = cases.messages(batches, [consumer], 0, 20)
+    sent = batches.produce(broker.address, topic, specs).sent
+    assert len(sent) == 20
+    for start in range(0, 20, 5):
+        assert len({line["queueId"] for line in sent[start : start + 5]}) == 1, sent
+    run = consumer.consume(
+        broker.address, cases.unique("BatchGroup"), topic, count=20, linger=1.0,
+        properties=cases.USER_PROPERTIES,
+    )  # fmt: skip
+    assert len(run.consumed) == 20, run.describe()
+    cases.check_all(run.consumed, specs, sent, topic, consumer.name)

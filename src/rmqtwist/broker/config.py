@@ -78,6 +78,20 @@ class BrokerConfig:
     client_expiry: float = 120.0
     #: How often consumer offsets and delay progress are saved when they changed.
     offset_flush_interval: float = 5.0
+    #: Other name servers to register this broker with, ``"host:port;host:port"`` (Apache's
+    #: ``namesrvAddr``): REGISTER_BROKER at start, every ``register_interval`` and when
+    #: its topics change, UNREGISTER_BROKER on a clean stop. None: this broker is in its
+    #: own routes only. Brokers sharing a name server need distinct ``broker_name``.
+    name_server: str | None = None
+    #: Seconds between registrations (Apache's ``registerNameServerPeriod``).
+    register_interval: float = 30.0
+    #: How long one registration may take (Apache's ``registerBrokerTimeoutMills``).
+    register_timeout: float = 6.0
+    #: Send the zlib form of the register body (Apache's ``compressedRegister``).
+    register_compressed: bool = False
+    #: A broker registered with this one is dropped when it has not registered for this
+    #: long (Apache's ``BROKER_CHANNEL_EXPIRED_TIME``).
+    broker_expiry: float = 120.0
 
     def __post_init__(self) -> None:
         if not self.broker_name or not self.cluster_name:
@@ -90,6 +104,15 @@ class BrokerConfig:
                 raise ValueError(f"topic {name!r} needs a name and at least 1 queue")
         if not self.delay_levels:
             raise ValueError("delay_levels must not be empty")
+        for name in ("register_interval", "register_timeout", "broker_expiry"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be above 0, got {getattr(self, name)}")
+        for address in (self.name_server or "").split(";"):
+            host, _, port = address.strip().rpartition(":")
+            if address.strip() and (not host or not port.isdigit() or not 0 < int(port) < 65536):
+                raise ValueError(f"name_server must be host:port[;host:port], got {address!r}")
+        if self.name_server is not None and not self.name_server.replace(";", "").strip():
+            raise ValueError("name_server must name at least one host:port")
         if self.advertise is not None:
             host, _, port = self.advertise.rpartition(":")
             if not host or not port.isdigit() or not 0 < int(port) < 65536:

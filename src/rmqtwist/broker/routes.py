@@ -5,6 +5,10 @@ Every route names this broker at the address the asking client connected to (or
 machine's own address and in a container whose address its clients can reach; behind
 NAT (a published container port seen from elsewhere, a Kubernetes NodePort) the broker
 cannot see the address clients used, and ``advertise`` names it.
+
+Brokers registered with this name server (:mod:`rmqtwist.broker.registry`) are in every
+answer too, as Apache's name server merges them: a topic on two brokers has two
+``brokerDatas`` and two ``queueDatas``, and the topic list and cluster info are unions.
 """
 
 from __future__ import annotations
@@ -13,10 +17,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from rmqtwist.broker._json import dumps
 from rmqtwist.broker.processors import BrokerProcessor, answer
+from rmqtwist.broker.registry import BrokerRegistry, QueueData
 from rmqtwist.codes import RequestCode, ResponseCode
 from rmqtwist.headers import GetRouteInfoRequestHeader
 
 if TYPE_CHECKING:
+    from rmqtwist.broker.core import Broker
     from rmqtwist.broker.topics import TopicConfig
     from rmqtwist.command import RemotingCommand
     from rmqtwist.interfaces import IRequestContext
@@ -31,6 +37,11 @@ class RouteProcessor(BrokerProcessor):
         RequestCode.GET_ALL_TOPIC_LIST_FROM_NAMESERVER: "topic_list",
     }
 
+    def __init__(self, broker: Broker, registry: BrokerRegistry | None = None) -> None:
+        super().__init__(broker)
+        #: The other brokers registered with this name server.
+        self.registry = registry if registry is not None else BrokerRegistry(broker.clock.seconds)
+
     def _broker_data(self, address: str) -> dict[str, Any]:
         config = self.broker.config
         return {
@@ -39,47 +50,74 @@ class RouteProcessor(BrokerProcessor):
             "cluster": config.cluster_name,
         }
 
-    def route_data(self, topic: TopicConfig, address: str) -> dict[str, Any]:
-        """The TopicRouteData of ``topic`` with this broker at ``address``."""
+    def route_data(self, topic: TopicConfig | None, address: str, name: str = "") -> dict[str, Any]:
+        """The TopicRouteData of topic ``name`` (or ``topic``'s): this broker at ``address``
+        when it has ``topic``, and every registered broker that has it."""
         config = self.broker.config
-        data: dict[str, Any] = {
-            "brokerDatas": [self._broker_data(address)],
+        name = topic.name if topic is not None else name
+        brokers: list[dict[str, Any]] = []
+        queues: list[dict[str, Any]] = []
+        order: list[str] = []
+        if topic is not None:
+            brokers.append(self._broker_data(address))
+            queues.append(
+                QueueData(
+                    config.broker_name,
+                    topic.read_queue_nums,
+                    topic.write_queue_nums,
+                    topic.perm,
+                    topic.topic_sys_flag,
+                ).to_json()
+            )
+            if topic.order:
+                order.append(f"{config.broker_name}:{topic.write_queue_nums}")
+        registry = self.registry
+        for broker_name, queue in sorted(registry.queues(name).items()):
+            data = registry.brokers.get(broker_name)
+            if data is None or not data.addresses:
+                continue
+            brokers.append(data.to_json())
+            queues.append(queue.to_json())
+            if queue.order:
+                order.append(f"{broker_name}:{queue.write_queue_nums}")
+        route: dict[str, Any] = {
+            "brokerDatas": brokers,
             "filterServerTable": {},
-            "queueDatas": [
-                {
-                    "brokerName": config.broker_name,
-                    "perm": topic.perm,
-                    "readQueueNums": topic.read_queue_nums,
-                    "topicSysFlag": topic.topic_sys_flag,
-                    "writeQueueNums": topic.write_queue_nums,
-                }
-            ],
+            "queueDatas": queues,
         }
-        if topic.order:
-            data["orderTopicConf"] = f"{config.broker_name}:{topic.write_queue_nums}"
-        return data
+        if order:
+            route["orderTopicConf"] = ";".join(order)
+        return route
 
     def route(self, context: IRequestContext, request: RemotingCommand) -> RemotingCommand:
         header = GetRouteInfoRequestHeader.from_command(request)
         topic = self.broker.topics.get(header.topic)
-        if topic is None:
+        address = self.broker.route_address(context.channel)
+        data = self.route_data(topic, address, header.topic)
+        if not data["brokerDatas"]:
             return answer(
                 request,
                 ResponseCode.TOPIC_NOT_EXIST,
                 f"No topic route info in name server for the topic: {header.topic}\n"
                 "See http://rocketmq.apache.org/docs/faq/ for further details.",
             )
-        address = self.broker.route_address(context.channel)
-        return answer(request, body=dumps(self.route_data(topic, address)))
+        return answer(request, body=dumps(data))
 
     def cluster_info(self, context: IRequestContext, request: RemotingCommand) -> RemotingCommand:
         config = self.broker.config
         address = self.broker.route_address(context.channel)
+        registry = self.registry
+        registry.expire()
+        brokers = {name: data.to_json() for name, data in registry.brokers.items()}
+        brokers[config.broker_name] = self._broker_data(address)
+        clusters = {cluster: set(names) for cluster, names in registry.clusters.items()}
+        clusters.setdefault(config.cluster_name, set()).add(config.broker_name)
         body = {
-            "brokerAddrTable": {config.broker_name: self._broker_data(address)},
-            "clusterAddrTable": {config.cluster_name: [config.broker_name]},
+            "brokerAddrTable": brokers,
+            "clusterAddrTable": {cluster: sorted(names) for cluster, names in clusters.items()},
         }
         return answer(request, body=dumps(body))
 
     def topic_list(self, context: IRequestContext, request: RemotingCommand) -> RemotingCommand:
-        return answer(request, body=dumps({"topicList": self.broker.topics.names()}))
+        names = set(self.broker.topics.names()) | self.registry.topics()
+        return answer(request, body=dumps({"topicList": sorted(names)}))

@@ -1,10 +1,12 @@
 """Assembling the dev broker: the processors on a remoting server factory, and
-``BrokerService``, which starts the store before listening and, on stop, answers held
-pulls, stops the server gracefully, saves offsets and closes the store."""
+``BrokerService``, which starts the store before listening (then registers with the
+``name_server`` given, if any) and, on stop, unregisters, answers held pulls, stops the
+server gracefully, saves offsets and closes the store."""
 
 from __future__ import annotations
 
 import contextlib
+import socket
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -24,12 +26,15 @@ from rmqtwist.broker.manage import ClientChannelListener, ClientManageProcessor
 from rmqtwist.broker.offset_processor import OffsetProcessor
 from rmqtwist.broker.processors import BrokerProcessor
 from rmqtwist.broker.pull import PullProcessor
+from rmqtwist.broker.registrar import BrokerRegistrar
+from rmqtwist.broker.registry import BrokerRegistry, RegistryChannelListener, RegistryProcessor
 from rmqtwist.broker.retry import RetryProcessor
 from rmqtwist.broker.routes import RouteProcessor
 from rmqtwist.broker.send import SendProcessor
 from rmqtwist.broker.store import MemoryStore
 from rmqtwist.broker.transactions import TransactionChecker, TransactionProcessor
 from rmqtwist.framing import format_address
+from rmqtwist.routing import split_addresses
 from rmqtwist.server import RemotingServer, RemotingServerFactory
 
 if TYPE_CHECKING:
@@ -42,13 +47,24 @@ __all__ = ["BrokerService", "install_broker"]
 _log = Logger()
 
 _CLIENT_SCAN_INTERVAL = 10.0
+#: How often registered brokers past their expiry are dropped (and logged) when nobody
+#: asks for a route (Apache's name server scans every 10 s).
+_BROKER_SCAN_INTERVAL = 10.0
 
 
-def install_broker(factory: RemotingServerFactory, broker: Broker) -> TransactionChecker:
-    """Register every broker processor and the connection listener on ``factory``."""
+def install_broker(
+    factory: RemotingServerFactory, broker: Broker, registry: BrokerRegistry | None = None
+) -> TransactionChecker:
+    """Register every broker processor and the connection listeners on ``factory``;
+    ``registry`` holds the brokers registering with this one (default: a new one)."""
     checker = TransactionChecker(broker)
+    if registry is None:
+        registry = BrokerRegistry(
+            broker.clock.seconds, broker.config.broker_name, broker.config.broker_expiry
+        )
     processors: list[BrokerProcessor] = [
-        RouteProcessor(broker),
+        RouteProcessor(broker, registry),
+        RegistryProcessor(broker, registry),
         SendProcessor(broker),
         PullProcessor(broker),
         ClientManageProcessor(broker),
@@ -63,6 +79,7 @@ def install_broker(factory: RemotingServerFactory, broker: Broker) -> Transactio
         for code in processor.codes:
             factory.register_processor(code, processor)
     factory.register_listener(ClientChannelListener(broker))
+    factory.register_listener(RegistryChannelListener(registry))
     return checker
 
 
@@ -89,7 +106,12 @@ class BrokerService(Service):
         self.store: IMessageStore = store if store is not None else MemoryStore()
         self.broker = Broker(self.store, config, reactor)
         self.factory = RemotingServerFactory(reactor=reactor, **factory_options)
-        self.checker = install_broker(self.factory, self.broker)
+        config = self.broker.config
+        #: The brokers registered with this one's name-server role.
+        self.registry = BrokerRegistry(reactor.seconds, config.broker_name, config.broker_expiry)
+        self.checker = install_broker(self.factory, self.broker, self.registry)
+        #: Registers this broker with ``config.name_server`` once started (None: nowhere).
+        self.registrar: BrokerRegistrar | None = None
         self.delays = DelayScheduler(self.broker)
         self.broker.delay_wake = self.delays.wake
         self.server = server_class(self.factory, shutdown_timeout=shutdown_timeout)
@@ -99,6 +121,7 @@ class BrokerService(Service):
         self._start_outcome: Failure | bool | None = None  # True once started
         self._start_waiters: list[Deferred[None]] = []
         self._start_called = False
+        self._stopping = False
 
     @property
     def config(self) -> BrokerConfig:
@@ -146,6 +169,7 @@ class BrokerService(Service):
             (self.config.offset_flush_interval, self._save),
             (_CLIENT_SCAN_INTERVAL, self._expire_clients),
             (self.config.transaction_check_interval, self.checker.check),
+            (_BROKER_SCAN_INTERVAL, self.registry.expire),
         ):
             loop = LoopingCall(work)
             loop.clock = self.reactor
@@ -156,6 +180,39 @@ class BrokerService(Service):
         self.factory.accepting = True
         ports = await self.server.when_listening()
         self._announce(ports)
+        if self.config.name_server:
+            await self._register(ports)
+
+    async def _register(self, ports: list[IListeningPort]) -> None:
+        name_servers = split_addresses(self.config.name_server or "")
+        address = self.broker_address(ports, name_servers[0])
+        if address is None:
+            _log.error(
+                "Not registering with name server {ns}: the broker listens on no TCP port; "
+                "give it an advertised address (--advertise)",
+                ns=self.config.name_server,
+            )
+            return
+        if self._stopping:
+            return
+        self.registrar = BrokerRegistrar(self.broker, name_servers, address)
+        await self.registrar.start()
+
+    def broker_address(self, ports: list[IListeningPort], name_server: str) -> str | None:
+        """The ``host:port`` this broker registers with name servers: ``advertise``, else
+        its first TCP port; on a wildcard interface, the local IP that reaches
+        ``name_server`` (as Apache's broker picks its ``brokerIP1``)."""
+        if self.config.advertise:
+            return self.config.advertise
+        for port in ports:
+            host = getattr(port.getHost(), "host", None)
+            number = getattr(port.getHost(), "port", None)
+            if host is None or number is None:
+                continue
+            if host in ("0.0.0.0", "::", ""):
+                host = _local_ip_towards(name_server, "::" if host == "::" else "0.0.0.0")
+            return f"[{host}]:{number}" if ":" in host else f"{host}:{number}"
+        return None
 
     def _announce(self, ports: list[IListeningPort]) -> None:
         config = self.config
@@ -204,9 +261,12 @@ class BrokerService(Service):
     async def _stop(self) -> None:
         broker = self.broker
         broker.stopping = True
+        self._stopping = True
         if self._start_called and self._start_outcome is None:  # still opening the store
             with contextlib.suppress(Exception):
                 await self.when_started()
+        if self.registrar is not None:  # first, so that routes stop naming this broker
+            await self.registrar.stop()
         for loop in self._loops:
             if loop.running:
                 loop.stop()
@@ -220,3 +280,24 @@ class BrokerService(Service):
                 broker.offsets.save()
             finally:
                 await self.store.stop()
+
+
+def _local_ip_towards(name_server: str, wildcard: str) -> str:
+    """The local IP address the system would use to reach ``name_server`` (a UDP
+    ``connect`` sends nothing); 127.0.0.1 if that cannot be told."""
+    host, _, port = name_server.rpartition(":")
+    host = host.strip("[]")
+    family = socket.AF_INET6 if wildcard == "::" and ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.connect((host, int(port)))
+            local: str = probe.getsockname()[0]
+            return local
+    except (OSError, ValueError) as e:
+        _log.warn(
+            "Cannot tell which local address reaches name server {ns} ({error}); "
+            "registering as 127.0.0.1: give --advertise",
+            ns=name_server,
+            error=e,
+        )
+        return "127.0.0.1"

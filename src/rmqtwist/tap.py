@@ -22,6 +22,7 @@ from twisted.python import usage
 from twisted.python.reflect import namedAny
 from zope.interface import Interface
 
+from rmqtwist._version import __version__
 from rmqtwist.broker.config import BrokerConfig
 from rmqtwist.broker.service import BrokerService
 from rmqtwist.broker.store import DiskStore, IMessageStore, MemoryStore
@@ -244,6 +245,7 @@ class Options(usage.Options):
         self["transaction-check-interval"] = 60.0
         self["broker-options-given"] = []
         self["topics"] = []
+        self["name-server"] = []
 
     def parseOptions(self, options: Sequence[str] | None = None) -> None:
         """Parse ``options``; under twist/twistd a usage error exits (see the module doc)."""
@@ -337,6 +339,30 @@ class Options(usage.Options):
             raise usage.UsageError("--cluster-name must not be empty")
         self["cluster-name"] = name.strip()
         self._broker_option("cluster-name")
+
+    def opt_name_server(self, addresses: str) -> None:
+        """HOST:PORT[;HOST:PORT]: register this broker with these name servers (another
+        rmqtwist dev broker or Apache's), at start and every 30 s, and unregister on
+        stop (repeatable). Brokers sharing a name server need distinct --broker-name
+        [default: none: this broker is in its own routes only]."""
+        for address in addresses.split(";"):
+            address = address.strip()
+            if not address:
+                continue
+            host, _, port = address.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise usage.UsageError(
+                    f"--name-server takes host:port[;host:port], not {addresses!r}"
+                )
+            self["name-server"].append(address)
+        if not self["name-server"]:
+            raise usage.UsageError("--name-server needs a host:port")
+        self._broker_option("name-server")
+
+    def opt_version(self) -> NoReturn:
+        """Print rmqtwist's version and exit."""
+        print(f"rmqtwist {__version__.public()}")
+        sys.exit(0)
 
     def opt_transaction_timeout(self, seconds: str) -> None:
         """Ask a producer about a transaction half message unresolved this long
@@ -546,6 +572,7 @@ def broker_config(options: Options) -> BrokerConfig:
         transaction_timeout=options["transaction-timeout"],
         transaction_check_interval=options["transaction-check-interval"],
         topics=tuple(options["topics"]),
+        name_server=";".join(options["name-server"]) or None,
     )
 
 

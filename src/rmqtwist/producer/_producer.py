@@ -391,6 +391,9 @@ class Producer:
                 body = compress_body(body)
                 sys_flag |= _COMPRESSED
             properties = encode_properties(first.wire_properties())
+            if first.properties.get(Property.TRAN_MSG) == "true":
+                # As Java's producer: what makes the broker keep it as a half message.
+                sys_flag |= MessageSysFlag.TRANSACTION_PREPARED
         header = SendMessageRequestHeaderV2(
             a=self.group,
             b=first.topic,

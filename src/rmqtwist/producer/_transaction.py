@@ -36,7 +36,6 @@ from rmqtwist.message import (
     parse_offset_msg_id,
 )
 from rmqtwist.producer._producer import Producer, SendResult, SendStatus
-from rmqtwist.routing import MessageQueue
 
 if TYPE_CHECKING:
     from rmqtwist.interfaces import IChannel, IRequestContext
@@ -48,8 +47,6 @@ __all__ = [
 ]
 
 _log = Logger()
-
-_PREPARED: Final = int(MessageSysFlag.TRANSACTION_PREPARED)
 
 
 class LocalTransactionState(enum.Enum):
@@ -230,18 +227,6 @@ class TransactionProducer(Producer):
         if router is not None and router.producers.get(self.group) is self:
             del router.producers[self.group]
         return super().shutdown()
-
-    def _request(
-        self, messages: list[Message], queue: MessageQueue, batch: bool
-    ) -> RemotingCommand:
-        # As Java's producer: a message with TRAN_MSG=true goes with sysFlag PREPARED,
-        # which is what makes the broker keep it as a half message.
-        request = super()._request(messages, queue, batch)
-        if batch or messages[0].properties.get(Property.TRAN_MSG) != "true":
-            return request
-        ext = dict(request.ext_fields or {})
-        ext["f"] = str(int(ext.get("f", "0")) | _PREPARED)
-        return request.replace(ext_fields=ext)
 
     # -- sending in a transaction ------------------------------------------------------
 

@@ -620,16 +620,21 @@ class RegistryProcessor(BrokerProcessor):
 
 @implementer(IChannelEventListener)
 class RegistryChannelListener:
-    """Drops a registered broker as soon as the connection it registered over closes."""
+    """Drops a registered broker as soon as the connection it registered over closes
+    (unless this broker is stopping: ``stopping()`` is true)."""
 
-    def __init__(self, registry: BrokerRegistry) -> None:
+    def __init__(
+        self, registry: BrokerRegistry, stopping: Callable[[], bool] = lambda: False
+    ) -> None:
         self.registry = registry
+        self.stopping = stopping
 
     def on_connect(self, remote_address: str, channel: IChannel) -> None:
         pass
 
     def on_close(self, remote_address: str, channel: IChannel) -> None:
-        self.registry.channel_closed(channel)
+        if not self.stopping():
+            self.registry.channel_closed(channel)
 
     def on_exception(self, remote_address: str, channel: IChannel, error: Exception) -> None:
         pass

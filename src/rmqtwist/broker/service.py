@@ -79,7 +79,7 @@ def install_broker(
         for code in processor.codes:
             factory.register_processor(code, processor)
     factory.register_listener(ClientChannelListener(broker))
-    factory.register_listener(RegistryChannelListener(registry))
+    factory.register_listener(RegistryChannelListener(registry, lambda: broker.stopping))
     return checker
 
 
@@ -219,6 +219,19 @@ class BrokerService(Service):
         for port in ports:
             address = format_address(port.getHost())
             shown = config.advertise or address
+            if config.name_server:
+                _log.info(
+                    "rmqtwist dev broker {broker} (cluster {cluster}) listening on {address}; "
+                    "it registers with name server {ns}: give clients that address (or "
+                    "{shown}, where it is a name server for itself and the brokers "
+                    "registered with it)",
+                    broker=config.broker_name,
+                    cluster=config.cluster_name,
+                    address=address,
+                    ns=config.name_server,
+                    shown=shown,
+                )
+                continue
             _log.info(
                 "rmqtwist dev broker {broker} (cluster {cluster}) listening on {address}: "
                 "name server and broker on one port; give clients the name server address "

@@ -235,9 +235,12 @@ def start_broker(
     :class:`~rmqtwist.broker.store.MemoryStore`, which :meth:`RunningBroker.stop` closes
     like any other); ``config`` a :class:`~rmqtwist.broker.config.BrokerConfig`, whose
     fields ``config_options`` set or override (``auto_create_topic=False``,
-    ``delay_levels=(0.1,)``; an unknown name raises TypeError). Call it in the reactor
-    thread. Fires with the :class:`RunningBroker` once the store is open and the port
-    listens, or fails (``CannotListenError`` for a busy port) with nothing left open.
+    ``delay_levels=(0.1,)``; an unknown name raises TypeError). With
+    ``name_server=other.address`` (and a ``broker_name`` of its own) it registers with
+    another broker's name server, as ``--name-server`` does, before this fires
+    (:doc:`/howto/two-brokers`). Call it in the reactor thread. Fires with the
+    :class:`RunningBroker` once the store is open and the port listens, or fails
+    (``CannotListenError`` for a busy port) with nothing left open.
     """
     if reactor is None:
         from twisted.internet import reactor as default_reactor

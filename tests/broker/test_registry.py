@@ -10,6 +10,7 @@ import zlib
 from typing import Any
 
 import pytest
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 
@@ -491,3 +492,72 @@ def test_registrar_logs_a_refusal_with_the_name_servers_reason() -> None:
         registrar.stop()
     finally:
         globalLogPublisher.removeObserver(events.append)
+
+
+def test_a_oneway_registration_is_applied_without_an_answer(ns: BrokerHarness) -> None:
+    # Apache's broker registers oneway right after creating a topic for a send.
+    one = ns.peer("10.0.0.1")
+    body = encode_register_body(RegisterBrokerBody(V1, {"T": _topic("T")}))
+    header = RegisterBrokerRequestHeader(
+        broker_name="b1",
+        broker_addr="10.0.0.1:10911",
+        cluster_name="DefaultCluster",
+        ha_server_addr="10.0.0.1:10912",
+        broker_id=0,
+        body_crc32=body_crc32(body),
+    )
+    one.oneway(RequestCode.REGISTER_BROKER, header.to_ext_fields(), body)
+    assert _masters(ns.peer(), "T") == {"b1": "10.0.0.1:10911"}
+
+
+class _Port:
+    def __init__(self, host: str, port: int) -> None:
+        self.address = IPv4Address("TCP", host, port)
+
+    def getHost(self) -> IPv4Address:
+        return self.address
+
+
+def test_the_registered_address_is_advertise_else_the_port_else_the_way_out() -> None:
+    from rmqtwist.broker.service import BrokerService
+
+    service = BrokerService(BrokerConfig(broker_name="b1"), listen=(), reactor=Clock())
+    ports: Any = [_Port("127.0.0.1", 10921)]
+    assert service.broker_address(ports, "127.0.0.1:9876") == "127.0.0.1:10921"
+    ports = [_Port("0.0.0.0", 10921)]
+    assert service.broker_address(ports, "127.0.0.1:9876") == "127.0.0.1:10921"
+    assert service.broker_address([], "127.0.0.1:9876") is None
+    advertised = BrokerService(
+        BrokerConfig(broker_name="b1", advertise="mq.example:20911"), listen=(), reactor=Clock()
+    )
+    assert advertised.broker_address(ports, "127.0.0.1:9876") == "mq.example:20911"
+
+
+def test_query_data_version_says_whether_to_register_and_keeps_the_broker_alive(
+    ns: BrokerHarness,
+) -> None:
+    # An Apache broker with forceRegister=false asks this first and registers only when
+    # the name server's version differs; an unchanged answer counts as a registration.
+    peer, one = ns.peer(), ns.peer("10.0.0.1")
+    ext = {
+        "brokerName": "b1",
+        "brokerAddr": "10.0.0.1:10911",
+        "clusterName": "DefaultCluster",
+        "brokerId": "0",
+    }
+    version = json.dumps(V1.to_json()).encode()
+    response = one.request(RequestCode.QUERY_DATA_VERSION, ext, version)
+    assert response.code == ResponseCode.SUCCESS
+    assert (response.ext_fields, response.body) == ({"changed": "true"}, b"")
+    _register(one, "b1", "10.0.0.1:10911", {"T": _topic("T")})
+    for _ in range(3):
+        ns.advance(100)
+        response = one.request(RequestCode.QUERY_DATA_VERSION, ext, version)
+        assert response.ext_fields == {"changed": "false"}
+        assert json.loads(response.body) == {"counter": 1, "timestamp": T0}
+    assert "b1" in _masters(peer, "T")  # 300 s after registering: kept alive
+    newer = json.dumps(DataVersion(T0, 2).to_json()).encode()
+    response = one.request(RequestCode.QUERY_DATA_VERSION, ext, newer)
+    assert response.ext_fields == {"changed": "true"}
+    ns.advance(121)
+    assert _route(peer, "T") is None

@@ -6,7 +6,9 @@ stop; :class:`BrokerRegistry` keeps what they said the way Apache's ``RouteInfoM
 does, and the route, cluster-info and topic-list answers (:mod:`rmqtwist.broker.routes`)
 are the union of this broker's own topics and theirs. A broker not heard from for 120 s
 (Apache's ``BROKER_CHANNEL_EXPIRED_TIME``), or whose registering connection closes, is
-dropped with its queues.
+dropped with its queues. QUERY_DATA_VERSION (322), which Apache's brokers send first when
+``forceRegister`` is off, is answered too, and counts as a registration when nothing
+changed.
 
 As in Apache's name server, a registration merges: a topic the broker no longer lists
 keeps its queues here until the broker goes (Apache 5.x can delete them with
@@ -53,6 +55,8 @@ __all__ = [
     "BrokerData",
     "BrokerRegistry",
     "DataVersion",
+    "QueryDataVersionRequestHeader",
+    "QueryDataVersionResponseHeader",
     "QueueData",
     "RegisterBrokerBody",
     "RegisterBrokerRequestHeader",
@@ -120,6 +124,25 @@ class UnRegisterBrokerRequestHeader(CommandHeader):
     broker_addr: str
     cluster_name: str
     broker_id: JavaLong
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueryDataVersionRequestHeader(CommandHeader):
+    """QUERY_DATA_VERSION (322), broker -> name server, body = its DataVersion JSON: an
+    Apache broker with ``forceRegister=false`` asks it every round and registers only
+    when the name server's version differs (Java ``QueryDataVersionRequestHeader``)."""
+
+    broker_name: str
+    broker_addr: str
+    cluster_name: str
+    broker_id: JavaLong
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueryDataVersionResponseHeader(CommandHeader):
+    """The answer to QUERY_DATA_VERSION; the body is the name server's version, if any."""
+
+    changed: bool
 
 
 # --- the body ---------------------------------------------------------------------------
@@ -477,6 +500,21 @@ class BrokerRegistry:
                 return RegisterResult(live.ha_server_addr, master)
         return RegisterResult()
 
+    def query_data_version(
+        self, address: str, version: DataVersion
+    ) -> tuple[bool, DataVersion | None]:
+        """QUERY_DATA_VERSION: whether ``version`` differs from what ``address`` last
+        registered, and that; an unchanged version counts as a registration (Apache's
+        ``queryBrokerTopicConfig``)."""
+        self.expire()
+        live = self._live.get(address)
+        if live is None:
+            return True, None
+        changed = live.data_version != version
+        if not changed:
+            live.last_update = self._seconds()
+        return changed, live.data_version
+
     def _put_queues(self, name: str, topic: TopicConfig) -> None:
         self.topic_queues.setdefault(topic.name, {})[name] = QueueData(
             name,
@@ -581,6 +619,7 @@ class RegistryProcessor(BrokerProcessor):
     handlers: ClassVar[dict[int, str]] = {
         RequestCode.REGISTER_BROKER: "register",
         RequestCode.UNREGISTER_BROKER: "unregister",
+        RequestCode.QUERY_DATA_VERSION: "query_data_version",
     }
 
     def __init__(self, broker: Broker, registry: BrokerRegistry) -> None:
@@ -609,6 +648,18 @@ class RegistryProcessor(BrokerProcessor):
             ha_server_addr=result.ha_server_addr, master_addr=result.master_addr
         )
         return answer(request, ext_fields=response.to_ext_fields())
+
+    def query_data_version(
+        self, context: IRequestContext, request: RemotingCommand
+    ) -> RemotingCommand:
+        header = QueryDataVersionRequestHeader.from_command(request)
+        version = DataVersion.from_json(_json(request.body or b"{}", "the data version"))
+        changed, known = self.registry.query_data_version(header.broker_addr, version)
+        return answer(
+            request,
+            ext_fields=QueryDataVersionResponseHeader(changed=changed).to_ext_fields(),
+            body=dumps(known.to_json()) if known is not None else b"",
+        )
 
     def unregister(self, context: IRequestContext, request: RemotingCommand) -> RemotingCommand:
         header = UnRegisterBrokerRequestHeader.from_command(request)

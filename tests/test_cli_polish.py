@@ -5,6 +5,7 @@ dropped connection was dropped. Real subprocesses; the dev broker in this proces
 from __future__ import annotations
 
 import signal
+import struct
 import subprocess
 
 import pytest
@@ -160,11 +161,25 @@ class _Http(protocol.Protocol):
         self.transport.loseConnection()
 
 
-@pytest.mark.parametrize("args", [["call", "{}", "28"], ["route", "{}", "T"]])
+class _Huge(protocol.Protocol):
+    def dataReceived(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(struct.pack(">I", 100 << 20) + b"\x00" * 16)  # a 100 MiB frame
+
+
+@pytest.mark.parametrize(
+    ("peer", "args", "why"),
+    [
+        (_Http, ["call", "{}", "28"], "speaks HTTP, not the RocketMQ remoting protocol"),
+        (_Http, ["route", "{}", "T"], "speaks HTTP, not the RocketMQ remoting protocol"),
+        (_Huge, ["call", "{}", "28"], "sent a frame of 104857604 bytes, over our limit of"),
+    ],
+)
 @pytest_twisted.ensureDeferred
-async def test_a_dropped_connection_says_why(args: list[str]) -> None:
-    factory = protocol.Factory.forProtocol(_Http)
-    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+async def test_a_dropped_connection_says_why(
+    peer: type[protocol.Protocol], args: list[str], why: str
+) -> None:
+    port = reactor.listenTCP(0, protocol.Factory.forProtocol(peer), interface="127.0.0.1")
     try:
         address = f"127.0.0.1:{port.getHost().port}"
         done = await cli(*[a.format(address) for a in args])
@@ -173,7 +188,5 @@ async def test_a_dropped_connection_says_why(args: list[str]) -> None:
     assert (done.returncode, done.stdout) == (1, ""), done
     (line,) = done.stderr.splitlines()
     assert f"connection to {address} lost" in line
-    assert (
-        f"we dropped it because {address} speaks HTTP, not the RocketMQ remoting protocol" in line
-    )
+    assert f"we dropped it because {address} {why}" in line
     assert "abortConnection" not in line

@@ -672,10 +672,20 @@ def test_header_bytes_never_crash_the_decoder(header: bytes) -> None:
 
 
 def test_codec_imports_nothing_from_twisted() -> None:
+    # The package and every module in it, listed from its path: a new module is checked
+    # even before __init__ imports it.
+    import pkgutil
     import subprocess
 
+    import rmqtwist.codec
+
+    names = ["rmqtwist.codec", "rmqtwist.command", "rmqtwist.codes", "rmqtwist.errors"] + [
+        "rmqtwist.codec." + info.name for info in pkgutil.iter_modules(rmqtwist.codec.__path__)
+    ]
+    assert "rmqtwist.codec._frame" in names
     code = (
-        "import sys, rmqtwist.codec, rmqtwist.command, rmqtwist.codes, rmqtwist.errors; "
+        "import importlib, sys; "
+        f"[importlib.import_module(n) for n in {names!r}]; "
         "print(any(m == 'twisted' or m.startswith('twisted.') for m in sys.modules))"
     )
     out = subprocess.run(

@@ -130,3 +130,27 @@ async def test_an_unreachable_name_server_does_not_stop_the_broker() -> None:
         assert broker.topics(system=True)
     finally:
         await broker.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_restarted_name_server_gets_the_broker_back_at_the_next_round() -> None:
+    ns = await start_broker(broker_name="ns")
+    port = ns.port
+    broker = await start_broker(broker_name="b1", name_server=ns.address)
+    client = RemotingClient()
+    registrar = broker.service.registrar
+    assert registrar is not None and registrar.registered(ns.address)
+    await ns.stop()
+    await registrar.register_all()  # the name server is down: logged, tried again later
+    assert not registrar.registered(ns.address)
+    await deferLater(reactor, 1.5, lambda: None)  # past the client's first connect backoff
+    ns = await start_broker(broker_name="ns", port=port)
+    try:
+        await registrar.register_all()  # what the next 30 s round does
+        assert registrar.registered(ns.address)
+        route = await _route(client, ns, "TBW102")
+        assert route is not None and route.masters["b1"] == broker.address
+    finally:
+        await client.close()
+        await broker.stop()
+        await ns.stop()

@@ -29,7 +29,7 @@ from rmqtwist.broker.registry import (
     body_crc32,
     encode_register_body,
 )
-from rmqtwist.client import RemotingClient
+from rmqtwist.client import ClientConfig, RemotingClient
 from rmqtwist.codes import RequestCode, ResponseCode, Version
 
 if TYPE_CHECKING:
@@ -48,6 +48,10 @@ _VERSION = int(Version.V4_9_8)
 _UNREGISTER_TIMEOUT = 3.0
 #: While a name server keeps failing, its failure is logged at most this often.
 _LOG_EVERY = 300.0
+
+#: The own client's settings: a name server that was down is tried again at each round
+#: (30 s apart) rather than after a connect backoff of up to a minute.
+_CLIENT_CONFIG = ClientConfig(backoff_max=5.0, breaker_reset_timeout=5.0)
 
 _Fingerprint = tuple[tuple[str, int, int, int, int, bool, str], ...]
 
@@ -101,7 +105,9 @@ class BrokerRegistrar:
         self.name_servers = list(name_servers)
         self.address = address
         self._own_client = client is None
-        self.client = client if client is not None else RemotingClient(broker.reactor)
+        self.client = (
+            client if client is not None else RemotingClient(broker.reactor, _CLIENT_CONFIG)
+        )
         self.check_interval = check_interval
         self.data_version = DataVersion(broker.now_ms(), 0)
         self._fingerprint: _Fingerprint | None = None

@@ -561,3 +561,25 @@ def test_query_data_version_says_whether_to_register_and_keeps_the_broker_alive(
     assert response.ext_fields == {"changed": "true"}
     ns.advance(121)
     assert _route(peer, "T") is None
+
+
+def test_a_broker_without_auto_create_does_not_register_tbw102() -> None:
+    clock = Clock()
+    ns = BrokerHarness(BrokerConfig(broker_name="ns"), clock=clock)
+    broker = BrokerHarness(
+        BrokerConfig(broker_name="b1", auto_create_topic=False, topics=(("Orders", 2),)),
+        clock=clock,
+    )
+    client = _WireClient(ns.peer("10.0.0.1"))
+    registrar = BrokerRegistrar(
+        broker.broker,
+        ["127.0.0.1:9876"],
+        "10.0.0.1:10911",
+        client=client,  # type: ignore[arg-type]
+    )
+    registrar.start()
+    topics = decode_register_body(client.sent[0].body).topics
+    assert "Orders" in topics and "TBW102" not in topics
+    assert "SCHEDULE_TOPIC_XXXX" in topics  # the other system topics are registered
+    assert _masters(ns.peer(), "TBW102") == {"ns": BROKER}
+    registrar.stop()

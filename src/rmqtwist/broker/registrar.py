@@ -29,6 +29,7 @@ from rmqtwist.broker.registry import (
     body_crc32,
     encode_register_body,
 )
+from rmqtwist.broker.topics import TEMPLATE_TOPIC
 from rmqtwist.client import ClientConfig, RemotingClient
 from rmqtwist.codes import RequestCode, ResponseCode, Version
 
@@ -124,8 +125,19 @@ class BrokerRegistrar:
         """True when the last registration with ``name_server`` succeeded."""
         return self._states[name_server].registered
 
+    def _topics(self) -> dict[str, TopicConfig]:
+        """The topics registered: all of them, system ones too, as Apache's broker; but
+        not TBW102 when topics are not created on first send (Apache's broker has no
+        TBW102 then), so that producers do not fall back to this broker for new topics."""
+        auto_create = self.broker.config.auto_create_topic
+        return {
+            topic.name: topic
+            for topic in self.broker.topics
+            if auto_create or topic.name != TEMPLATE_TOPIC
+        }
+
     def _refresh_version(self) -> dict[str, TopicConfig]:
-        topics = {topic.name: topic for topic in self.broker.topics}
+        topics = self._topics()
         fingerprint = _fingerprint(topics.values())
         if fingerprint != self._fingerprint:
             if self._fingerprint is not None:
@@ -169,7 +181,7 @@ class BrokerRegistrar:
         return self.register_all()
 
     def _check_topics(self) -> None:
-        if _fingerprint(self.broker.topics) != self._fingerprint:
+        if _fingerprint(self._topics().values()) != self._fingerprint:
             self.register_all()
 
     def register_all(self) -> Deferred[None]:

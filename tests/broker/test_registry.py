@@ -583,3 +583,34 @@ def test_a_broker_without_auto_create_does_not_register_tbw102() -> None:
     assert "SCHEDULE_TOPIC_XXXX" in topics  # the other system topics are registered
     assert _masters(ns.peer(), "TBW102") == {"ns": BROKER}
     registrar.stop()
+
+
+def test_a_5x_broker_may_set_its_own_expiry(ns: BrokerHarness) -> None:
+    one = ns.peer("10.0.0.1")
+    body = encode_register_body(RegisterBrokerBody(V1, {"T": _topic("T")}))
+    ext = {
+        "brokerName": "b1",
+        "brokerAddr": "10.0.0.1:10911",
+        "clusterName": "DefaultCluster",
+        "haServerAddr": "10.0.0.1:10912",
+        "brokerId": "0",
+        "heartbeatTimeoutMillis": "10000",
+        "enableActingMaster": "false",
+        "zoneName": "z1",
+        "compressed": "false",
+        "bodyCrc32": str(body_crc32(body)),
+    }
+    assert one.request(RequestCode.REGISTER_BROKER, ext, body).code == ResponseCode.SUCCESS
+    ns.advance(10)
+    assert _masters(ns.peer(), "T") == {"b1": "10.0.0.1:10911"}
+    ns.advance(0.5)
+    assert _route(ns.peer(), "T") is None
+
+
+def test_an_address_registering_under_a_new_name_leaves_the_old_name(ns: BrokerHarness) -> None:
+    one = ns.peer("10.0.0.1")
+    _register(one, "old", "10.0.0.1:10911", {"T": _topic("T")})
+    _register(one, "new", "10.0.0.1:10911", {"T": _topic("T")})
+    assert _masters(ns.peer(), "T") == {"new": "10.0.0.1:10911"}
+    info = json.loads(ns.peer().request(RequestCode.GET_BROKER_CLUSTER_INFO).body)
+    assert set(info["brokerAddrTable"]) == {"new", "ns"}

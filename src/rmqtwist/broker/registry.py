@@ -444,6 +444,11 @@ class BrokerRegistry:
                 f"broker name {name} is the name of this name server's own broker; start each "
                 f"broker with a distinct --broker-name (the one at {address} too)"
             )
+        earlier = self._live.get(address)
+        if earlier is not None and earlier.broker_name != name:
+            # A broker restarted at the same address under another name: the old name
+            # would never expire otherwise (liveness is by address).
+            self._drop_address(address, f"it registers as {name} now")
         data = self.brokers.get(name)
         if data is not None:
             holder = data.addresses.get(broker_id)

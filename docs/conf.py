@@ -145,8 +145,19 @@ def _clean_interface_signatures(app, doctree):
                     parent["reftarget"] = _INTERFACE_REPR.sub(r"\1", parent["reftarget"])
 
 
+# -- private bases -------------------------------------------------------------------
+# A class split over private modules (RemotingProtocol over rmqtwist.protocol._outgoing
+# and ._incoming) has private mixin bases; they are no API: keep them out of "Bases:".
+
+
+def _drop_private_bases(app, name, obj, options, bases):
+    bases[:] = [base for base in bases if not base.__name__.startswith("_")]
+
+
 def setup(app):
     from sphinx.ext import napoleon
+
+    app.connect("autodoc-process-bases", _drop_private_bases)
 
     app.connect("doctree-read", _clean_interface_signatures)
 

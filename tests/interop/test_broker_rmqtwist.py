@@ -10,11 +10,13 @@ user properties, message ids, queue order), and the other way round.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.interop import broker_cases as cases
+from tests.interop import test_broker_two_brokers as two_brokers
 from tests.interop.conftest import Driver, RunningBroker, create_topic, rmqtwist_driver_with
 
 pytestmark = pytest.mark.interop
@@ -107,3 +109,16 @@ def test_other_clients_read_rmqtwist_batches(
     )  # fmt: skip
     assert len(run.consumed) == 20, run.describe()
     cases.check_all(run.consumed, specs, sent, topic, consumer.name)
+
+
+@pytest.mark.parametrize("reader", ["ons", "cpp"])
+def test_rmqtwist_spreads_over_two_brokers_and_the_others_read_both(
+    start_broker: Callable[..., RunningBroker],
+    rmqtwist_driver: Driver,
+    reader: str,
+    request: pytest.FixtureRequest,
+) -> None:
+    """Given only a name server two dev brokers registered with, rmqtwist's producer sends
+    to both; ali-ons or the C++ client reads every message from both, as sent."""
+    consumer: Driver = request.getfixturevalue(f"{reader}_driver")
+    two_brokers._spread_and_read(rmqtwist_driver, consumer, start_broker)

@@ -61,6 +61,7 @@ __all__ = [
     "RegisterBrokerBody",
     "RegisterBrokerRequestHeader",
     "RegisterBrokerResponseHeader",
+    "RegisterResult",
     "RegistryChannelListener",
     "RegistryConflict",
     "RegistryProcessor",
@@ -599,11 +600,6 @@ class BrokerRegistry:
 
     # -- reads --------------------------------------------------------------------------
 
-    def addresses(self) -> dict[str, str]:
-        """Registered address -> broker name (live ones)."""
-        self.expire()
-        return {address: live.broker_name for address, live in self._live.items()}
-
     def queues(self, topic: str) -> dict[str, QueueData]:
         """Broker name -> queues of ``topic`` on the registered brokers that have it."""
         self.expire()
@@ -619,7 +615,8 @@ class BrokerRegistry:
 
 
 class RegistryProcessor(BrokerProcessor):
-    """Answers REGISTER_BROKER (103) and UNREGISTER_BROKER (104) into ``registry``."""
+    """Answers REGISTER_BROKER (103), UNREGISTER_BROKER (104) and QUERY_DATA_VERSION (322)
+    from ``registry``."""
 
     handlers: ClassVar[dict[int, str]] = {
         RequestCode.REGISTER_BROKER: "register",

@@ -74,6 +74,17 @@ class MalformedFrame(ProtocolError):
     """A frame whose lengths disagree, or whose header cannot be decoded."""
 
 
+class HeaderTooLarge(MalformedFrame):
+    """A frame's header is longer than the header limit, or holds more ext_fields than the
+    ext-field limit: refused before (or while) the header is parsed, so that one frame
+    cannot hold the reactor for seconds. ``size`` and ``limit`` are bytes, or fields."""
+
+    def __init__(self, message: str, size: int, limit: int) -> None:
+        super().__init__(message)
+        self.size = size
+        self.limit = limit
+
+
 class MalformedMessage(ProtocolError):
     """Stored-message records (a pull body) or a batch body whose lengths lie, whose magic
     code is unknown or that is cut short; or a body compressed in a way we cannot inflate.

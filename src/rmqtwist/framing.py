@@ -16,7 +16,13 @@ from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from rmqtwist.codec import DEFAULT_MAX_FRAME_LENGTH, FrameDecoder, encode_frame
+from rmqtwist.codec import (
+    DEFAULT_MAX_EXT_FIELDS,
+    DEFAULT_MAX_FRAME_LENGTH,
+    DEFAULT_MAX_HEADER_LENGTH,
+    FrameDecoder,
+    encode_frame,
+)
 from rmqtwist.command import RemotingCommand
 from rmqtwist.errors import ProtocolError
 
@@ -41,13 +47,19 @@ class LengthPrefixed(Protocol):
 
     #: Largest frame accepted, 4-byte prefix included (set by the factory).
     max_frame_length: int = DEFAULT_MAX_FRAME_LENGTH
+    #: Largest header accepted (bytes), and most ext_fields in one (None: no limit).
+    max_header_length: int | None = DEFAULT_MAX_HEADER_LENGTH
+    max_ext_fields: int | None = DEFAULT_MAX_EXT_FIELDS
     _log = Logger()
     _decoder: FrameDecoder | None = None
     _failed = False
 
     def connectionMade(self) -> None:
         """Start a fresh :class:`~rmqtwist.codec.FrameDecoder` for this connection."""
-        self._decoder = FrameDecoder(self.max_frame_length)
+        self._decoder = self._new_decoder()
+
+    def _new_decoder(self) -> FrameDecoder:
+        return FrameDecoder(self.max_frame_length, self.max_header_length, self.max_ext_fields)
 
     @property
     def peer(self) -> str:
@@ -62,7 +74,7 @@ class LengthPrefixed(Protocol):
             return
         decoder = self._decoder
         if decoder is None:  # dataReceived before connectionMade: only in odd test set-ups
-            decoder = self._decoder = FrameDecoder(self.max_frame_length)
+            decoder = self._decoder = self._new_decoder()
         error: ProtocolError | None = None
         try:
             commands = decoder.feed(data)
@@ -143,15 +155,26 @@ class LengthPrefixedFactory(ServerFactory):
 
     protocol: type[Protocol] = LengthPrefixed
 
-    def __init__(self, max_frame_length: int = DEFAULT_MAX_FRAME_LENGTH) -> None:
+    def __init__(
+        self,
+        max_frame_length: int = DEFAULT_MAX_FRAME_LENGTH,
+        *,
+        max_header_length: int | None = DEFAULT_MAX_HEADER_LENGTH,
+        max_ext_fields: int | None = DEFAULT_MAX_EXT_FIELDS,
+    ) -> None:
         if max_frame_length < 8:
             raise ValueError(f"max_frame_length must be at least 8, got {max_frame_length}")
+        FrameDecoder(max_frame_length, max_header_length, max_ext_fields)  # checks them
         self.max_frame_length = max_frame_length
+        self.max_header_length = max_header_length
+        self.max_ext_fields = max_ext_fields
 
     def buildProtocol(self, addr: IAddress | None) -> Protocol | None:
         protocol = super().buildProtocol(addr)
         if isinstance(protocol, LengthPrefixed):
             protocol.max_frame_length = self.max_frame_length
+            protocol.max_header_length = self.max_header_length
+            protocol.max_ext_fields = self.max_ext_fields
         return cast("Protocol | None", protocol)
 
     def __repr__(self) -> str:

@@ -16,11 +16,17 @@ from rmqtwist.codec._frame import (
     encode_frame,
     encode_header,
 )
-from rmqtwist.codec._layout import DEFAULT_MAX_FRAME_LENGTH
+from rmqtwist.codec._layout import (
+    DEFAULT_MAX_EXT_FIELDS,
+    DEFAULT_MAX_FRAME_LENGTH,
+    DEFAULT_MAX_HEADER_LENGTH,
+)
 from rmqtwist.codec._sniff import sniff_wrong_protocol
 
 __all__ = [
+    "DEFAULT_MAX_EXT_FIELDS",
     "DEFAULT_MAX_FRAME_LENGTH",
+    "DEFAULT_MAX_HEADER_LENGTH",
     "FrameDecoder",
     "decode_frame",
     "decode_header",

@@ -20,7 +20,7 @@ from rmqtwist.codec._layout import (
     _check_int,
 )
 from rmqtwist.command import RemotingCommand, _from_wire
-from rmqtwist.errors import EncodeError, MalformedFrame
+from rmqtwist.errors import EncodeError, HeaderTooLarge, MalformedFrame
 
 
 def _encode_binary_header(command: RemotingCommand, opaque: int, flag: int) -> bytes:
@@ -65,19 +65,28 @@ def _encode_binary_header(command: RemotingCommand, opaque: int, flag: int) -> b
     return b"".join(parts)
 
 
-def _decode_ext(region: bytes | bytearray) -> dict[str, str]:
+def _decode_ext(region: bytes | bytearray, max_fields: int | None = None) -> dict[str, str]:
     """The ext_fields entries of a ROCKETMQ header: ``int16 key length, key, int32 value
     length, value``, repeated to the end of ``region``.
 
     This loop is most of the cost of decoding a binary header, hence its shape: lengths
     read byte-wise (faster than struct for short entries), literal constants, and an
-    all-ASCII region (the usual case) decoded once and sliced as text.
+    all-ASCII region (the usual case) decoded once and sliced as text. More than
+    ``max_fields`` entries raise :class:`~rmqtwist.errors.HeaderTooLarge` as soon as
+    the one past the limit is met.
     """
     fields: dict[str, str] = {}
     end = len(region)
     text = str(region, "ascii") if region.isascii() else None
     pos = 0
+    limit = end if max_fields is None else max_fields  # an entry takes 6 bytes or more
+    left = limit
     while pos < end:
+        if left == 0:
+            raise HeaderTooLarge(
+                f"ROCKETMQ header holds more than {limit} ext_fields, the limit", limit + 1, limit
+            )
+        left -= 1
         key_len = (region[pos] << 8) | region[pos + 1]
         key_end = pos + 2 + key_len
         value_start = key_end + 4
@@ -106,7 +115,9 @@ def _decode_ext(region: bytes | bytearray) -> dict[str, str]:
     return fields
 
 
-def _decode_binary_header(buf: Any, start: int, end: int, body: bytes) -> RemotingCommand:
+def _decode_binary_header(
+    buf: Any, start: int, end: int, body: bytes, max_ext_fields: int | None = None
+) -> RemotingCommand:
     if end - start < _BIN_FIXED_SIZE + 4:
         raise MalformedFrame(
             f"ROCKETMQ header of {end - start} bytes is shorter than its 21-byte fixed part"
@@ -132,7 +143,7 @@ def _decode_binary_header(buf: Any, start: int, end: int, body: bytes) -> Remoti
                 f"ROCKETMQ header ext_fields length {ext_len} does not end at the header's "
                 f"end ({end - pos} bytes left)"
             )
-        ext = MappingProxyType(_decode_ext(buf[pos:end])) if ext_len else None
+        ext = MappingProxyType(_decode_ext(buf[pos:end], max_ext_fields)) if ext_len else None
     except IndexError:
         raise MalformedFrame("ROCKETMQ header ext_fields entry is cut short") from None
     except UnicodeDecodeError as e:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import struct
 from typing import Any
 
+from rmqtwist._logsafe import clip as _clip
 from rmqtwist.codec._binary import _decode_binary_header, _encode_binary_header
 from rmqtwist.codec._json import _decode_json_header, _encode_json_header
 from rmqtwist.codec._layout import (
@@ -17,11 +18,19 @@ from rmqtwist.codec._layout import (
     _JSON,
     _PREFIX,
     _ROCKETMQ,
+    DEFAULT_MAX_EXT_FIELDS,
     DEFAULT_MAX_FRAME_LENGTH,
+    DEFAULT_MAX_HEADER_LENGTH,
 )
 from rmqtwist.codec._sniff import _SIGNATURE_FIRST_BYTES, sniff_wrong_protocol
 from rmqtwist.command import RemotingCommand
-from rmqtwist.errors import EncodeError, FrameTooLarge, MalformedFrame, ProtocolError
+from rmqtwist.errors import (
+    EncodeError,
+    FrameTooLarge,
+    HeaderTooLarge,
+    MalformedFrame,
+    ProtocolError,
+)
 
 
 def encode_header(command: RemotingCommand, serialize_type: int | None = None) -> bytes:
@@ -125,7 +134,9 @@ def decode_header(header: bytes, serialize_type: int) -> RemotingCommand:
     return _decode_frame_at(header, -8, 4 + len(header), (int(serialize_type) << 24) | len(header))
 
 
-def _decode_frame_at(buf: Any, pos: int, total: int, type_word: int) -> RemotingCommand:
+def _decode_frame_at(
+    buf: Any, pos: int, total: int, type_word: int, max_ext_fields: int | None = None
+) -> RemotingCommand:
     """Decode the frame whose serialize-type word is at ``pos + 4`` and whose ``total``
     (bytes after the prefix) is already checked to be available in ``buf``."""
     header_len = type_word & 0xFFFFFF
@@ -139,14 +150,22 @@ def _decode_frame_at(buf: Any, pos: int, total: int, type_word: int) -> Remoting
     end = start + header_len
     body = bytes(buf[end : pos + 4 + total])
     if stype == 1:
-        return _decode_binary_header(buf, start, end, body)
+        return _decode_binary_header(buf, start, end, body, max_ext_fields)
     if stype == 0:
         try:
             text = str(buf[start:end], "utf-8")
         except UnicodeDecodeError as e:
             raise MalformedFrame(f"JSON header is not UTF-8: {e}") from None
-        return _decode_json_header(text, body)
+        return _decode_json_header(text, body, max_ext_fields)
     raise MalformedFrame(f"unknown serialize type {stype} in the header-length word")
+
+
+def _header_too_large(header_len: int, limit: int) -> HeaderTooLarge:
+    return HeaderTooLarge(
+        f"header of {header_len} bytes exceeds the header limit of {limit} bytes",
+        header_len,
+        limit,
+    )
 
 
 def _check_prefix(total: int, max_frame_length: int) -> None:
@@ -195,17 +214,42 @@ class FrameDecoder:
     any of the body is buffered. The first frame is also checked for another
     protocol's greeting (:class:`~rmqtwist.errors.WrongProtocol`).
 
+    ``max_header_length`` bounds the header alone: a longer one raises
+    :class:`~rmqtwist.errors.HeaderTooLarge` as soon as the two length words are
+    readable, before it is buffered or parsed; ``max_ext_fields`` bounds the entries of
+    its ext_fields (checked while parsing). Both keep one frame's decode short: a
+    16 MiB header of 1.7 million fields would take seconds. None: no such limit.
+
     After a :class:`~rmqtwist.errors.ProtocolError` the decoder is dead: every later
     ``feed`` raises the same error. The commands decoded before the bad frame in the
     failing call are on the error's ``decoded`` list.
     """
 
-    __slots__ = ("_buffer", "_error", "_first", "_need", "max_frame_length")
+    __slots__ = (
+        "_buffer",
+        "_error",
+        "_first",
+        "_need",
+        "max_ext_fields",
+        "max_frame_length",
+        "max_header_length",
+    )
 
-    def __init__(self, max_frame_length: int = DEFAULT_MAX_FRAME_LENGTH) -> None:
+    def __init__(
+        self,
+        max_frame_length: int = DEFAULT_MAX_FRAME_LENGTH,
+        max_header_length: int | None = DEFAULT_MAX_HEADER_LENGTH,
+        max_ext_fields: int | None = DEFAULT_MAX_EXT_FIELDS,
+    ) -> None:
         if max_frame_length < 8:
             raise ValueError(f"max_frame_length must be at least 8, got {max_frame_length}")
+        if max_header_length is not None and max_header_length < 0:
+            raise ValueError(f"max_header_length must not be negative, got {max_header_length}")
+        if max_ext_fields is not None and max_ext_fields < 0:
+            raise ValueError(f"max_ext_fields must not be negative, got {max_ext_fields}")
         self.max_frame_length = max_frame_length
+        self.max_header_length = max_header_length
+        self.max_ext_fields = max_ext_fields
         self._buffer = bytearray()
         self._need = 4  # bytes the buffer must hold before parsing is worth trying
         self._first = True
@@ -236,6 +280,10 @@ class FrameDecoder:
         pos = 0
         size = len(source)
         limit = self.max_frame_length
+        header_limit = self.max_header_length
+        if header_limit is None:
+            header_limit = _HEADER_LENGTH_MAX
+        max_fields = self.max_ext_fields
         unpack = _PREFIX.unpack_from
         try:
             if self._first and size >= 4:
@@ -247,21 +295,25 @@ class FrameDecoder:
                 total, type_word = unpack(source, pos)
                 if total < 4 or total + 4 > limit:
                     _check_prefix(total, limit)
+                if type_word & 0xFFFFFF > header_limit:
+                    raise _header_too_large(type_word & 0xFFFFFF, header_limit)
                 if size - pos - 4 < total:
                     self._need = total + 4
                     break
-                commands.append(_decode_frame_at(source, pos, total, type_word))
+                commands.append(_decode_frame_at(source, pos, total, type_word, max_fields))
                 pos += 4 + total
             else:
                 if size - pos >= 4:
                     (total,) = _INT32.unpack_from(source, pos)
                     _check_prefix(total, limit)
-                    self._need = total + 4
+                    self._need = 8  # the header-length word is checked once it is here
                 else:
                     self._need = 4
         except Exception as e:
             error = (
-                e if isinstance(e, ProtocolError) else MalformedFrame(f"undecodable frame: {e!r}")
+                e
+                if isinstance(e, ProtocolError)
+                else MalformedFrame(f"undecodable frame: {_clip(repr(e))}")
             )
             error.decoded = commands
             self._error = error

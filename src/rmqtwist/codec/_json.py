@@ -9,6 +9,7 @@ from decimal import Decimal
 from types import MappingProxyType
 from typing import Any
 
+from rmqtwist._logsafe import clip as _clip
 from rmqtwist.codec._layout import (
     _INT32_MAX,
     _INT32_MIN,
@@ -20,7 +21,7 @@ from rmqtwist.codec._layout import (
 )
 from rmqtwist.codes import LanguageCode
 from rmqtwist.command import RemotingCommand, _from_wire
-from rmqtwist.errors import EncodeError, MalformedFrame
+from rmqtwist.errors import EncodeError, HeaderTooLarge, MalformedFrame
 
 # fastjson 1.2.69 escapes, in a double-quoted string (a value or a map key alike): the C0
 # controls (\b \t \n \f \r short, the rest \u00XX, \u000B included), '"' and '\\',
@@ -99,15 +100,19 @@ def _slow_int_field(header: Mapping[str, Any], key: str, default: int | None) ->
     value = header.get(key)
     if value is None:
         if default is None:
-            raise MalformedFrame(f"JSON header has no {key!r}")
+            raise MalformedFrame(f"JSON header has no {_clip(repr(key))}")
         return default
     if isinstance(value, str) and re.fullmatch(r"[+-]?[0-9]{1,10}", value):
         value = int(value)  # fastjson accepts a quoted number for an int field
     if type(value) is int:
         if _INT32_MIN <= value <= _INT32_MAX:
             return value
-        raise MalformedFrame(f"JSON header field {key!r} is out of int32 range: {value}")
-    raise MalformedFrame(f"JSON header field {key!r} is not an integer: {value!r}")
+        raise MalformedFrame(
+            f"JSON header field {_clip(repr(key))} is out of int32 range: {_clip(str(value))}"
+        )
+    raise MalformedFrame(
+        f"JSON header field {_clip(repr(key))} is not an integer: {_clip(repr(value))}"
+    )
 
 
 def _ext_text(value: object) -> str:
@@ -150,7 +155,9 @@ def _check_no_lone_surrogate(header: dict[str, Any]) -> None:
         ) from None
 
 
-def _decode_json_header(text: str, body: bytes) -> RemotingCommand:
+def _decode_json_header(
+    text: str, body: bytes, max_ext_fields: int | None = None
+) -> RemotingCommand:
     try:
         header = _json_decode(text)
     except ValueError as e:
@@ -184,21 +191,33 @@ def _decode_json_header(text: str, body: bytes) -> RemotingCommand:
     if type(language_value) is str:
         found = _LANGUAGE_BY_NAME.get(language_value)
         if found is None:
-            raise MalformedFrame(f"JSON header has an unknown language {language_value!r}")
+            raise MalformedFrame(
+                f"JSON header has an unknown language {_clip(repr(language_value))}"
+            )
         language = found
     elif language_value is None:
         language = LanguageCode.JAVA
     elif type(language_value) is int:
         language = _LANGUAGE_BY_VALUE.get(language_value, language_value)
     else:
-        raise MalformedFrame(f"JSON header field 'language' is invalid: {language_value!r}")
+        raise MalformedFrame(
+            f"JSON header field 'language' is invalid: {_clip(repr(language_value))}"
+        )
     remark = get("remark")
     if remark is not None and type(remark) is not str:
-        raise MalformedFrame(f"JSON header field 'remark' is not a string: {remark!r}")
+        raise MalformedFrame(f"JSON header field 'remark' is not a string: {_clip(repr(remark))}")
     ext = get("extFields")
     if ext is not None:
         if type(ext) is not dict:
-            raise MalformedFrame(f"JSON header field 'extFields' is not an object: {ext!r}")
+            raise MalformedFrame(
+                f"JSON header field 'extFields' is not an object: {_clip(repr(ext))}"
+            )
+        if max_ext_fields is not None and len(ext) > max_ext_fields:
+            raise HeaderTooLarge(
+                f"JSON header holds {len(ext)} ext_fields, over the limit of {max_ext_fields}",
+                len(ext),
+                max_ext_fields,
+            )
         for value in ext.values():
             if type(value) is not str:
                 ext = {key: _ext_text(value) for key, value in ext.items() if value is not None}

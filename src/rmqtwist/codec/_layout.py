@@ -12,6 +12,16 @@ from rmqtwist.errors import EncodeError
 #: Java's default ``com.rocketmq.remoting.frameMaxLength``: counts the 4-byte prefix.
 DEFAULT_MAX_FRAME_LENGTH: Final = 16 * 1024 * 1024
 
+#: Largest header accepted by default (bytes, the header alone). Java's clients send at most
+#: a few hundred bytes (454 in the 4.9.8 transcripts: a SEND_MESSAGE_V2); a send's
+#: properties, the one large field, are limited to 32767 bytes by the broker's store
+#: format, and JSON escaping of their separators at most triples that in practice.
+DEFAULT_MAX_HEADER_LENGTH: Final = 256 * 1024
+
+#: Most ext_fields entries accepted in one header by default (Java's largest headers have
+#: about 15; an ACL-signed one a few more).
+DEFAULT_MAX_EXT_FIELDS: Final = 1024
+
 _INT16_MIN, _INT16_MAX = -(1 << 15), (1 << 15) - 1
 _INT32_MIN, _INT32_MAX = -(1 << 31), (1 << 31) - 1
 _HEADER_LENGTH_MAX = (1 << 24) - 1

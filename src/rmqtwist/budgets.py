@@ -1,15 +1,21 @@
-"""In-flight budgets: Java's semaphores, as permits that are released exactly once."""
+"""In-flight budgets (Java's semaphores, as permits that are released exactly once), and
+the server-wide budget of buffered partial-frame bytes."""
 
 from __future__ import annotations
 
 from collections import deque
+from typing import Protocol
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 
+from rmqtwist._logsafe import LogLimiter
 from rmqtwist.errors import TooManyRequestsError
 
-__all__ = ["Permit", "Permits"]
+__all__ = ["BufferBudget", "Permit", "Permits"]
+
+_log = Logger()
 
 
 class Permit:
@@ -108,3 +114,71 @@ class Permits:
         if waiter in self._waiters:
             self._waiters.remove(waiter)
             waiter.errback(error)
+
+
+class _Holder(Protocol):
+    """What :class:`BufferBudget` needs of a connection."""
+
+    @property
+    def peer(self) -> str: ...
+
+    def abort(self) -> None: ...
+
+
+class BufferBudget:
+    """A server-wide budget of buffered partial-frame bytes, shared by its connections.
+
+    Each connection reports what its decoder holds after every read (:meth:`update`).
+    While the total is over ``limit``, the connections holding the most are aborted
+    (logged at most once per 10 s, with a count of those not logged), so that many peers
+    each sending most of a large frame cannot make the server hold gigabytes.
+    """
+
+    def __init__(self, limit: int, clock: IReactorTime) -> None:
+        if limit < 1:
+            raise ValueError(f"the buffer budget must be at least 1 byte, got {limit}")
+        self.limit = limit
+        self.total = 0
+        #: Connections closed for the budget so far.
+        self.closed = 0
+        self._held: dict[_Holder, int] = {}
+        self._log_limiter = LogLimiter(clock)
+
+    def update(self, connection: _Holder, buffered: int) -> None:
+        """``connection`` now holds ``buffered`` bytes of partial frames."""
+        held = self._held
+        before = held.pop(connection, 0)
+        if buffered:
+            held[connection] = buffered
+        self.total += buffered - before
+        if self.total > self.limit:
+            self._trim()
+
+    def forget(self, connection: _Holder) -> None:
+        """``connection`` closed: what it held no longer counts."""
+        self.total -= self._held.pop(connection, 0)
+
+    def held_by(self, connection: _Holder) -> int:
+        """The bytes ``connection`` counts for now."""
+        return self._held.get(connection, 0)
+
+    def _trim(self) -> None:
+        for connection, held in sorted(self._held.items(), key=lambda item: -item[1]):
+            if self.total <= self.limit:
+                break
+            dropped = self._log_limiter.allow()
+            if dropped is not None:
+                _log.warn(
+                    "Closing {peer}: it holds {held} bytes of unfinished frames, the most of "
+                    "any connection, and all connections together held {total}, over the "
+                    "server's budget of {limit} (max_buffered_bytes); {dropped} other such "
+                    "closes not logged",
+                    peer=connection.peer,
+                    held=held,
+                    total=self.total,
+                    limit=self.limit,
+                    dropped=dropped,
+                )
+            self.forget(connection)
+            self.closed += 1
+            connection.abort()

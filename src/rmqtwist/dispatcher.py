@@ -12,6 +12,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
+from rmqtwist._logsafe import LogLimiter, clip, clip_repr
 from rmqtwist.budgets import Permits
 from rmqtwist.codes import ResponseCode, SerializeType, code_name
 from rmqtwist.command import RemotingCommand
@@ -107,6 +108,9 @@ class Dispatcher:
         #: Calls of ours that failed (timed out, lost, refused by a hook...; not cancelled).
         self.calls_failed = 0
         self.late_responses = 0
+        #: Repeated per-peer log lines (late responses, invalid frames, processor
+        #: failures...) go through this: at most one per peer and event every 10 s.
+        self.log_limiter = LogLimiter(reactor)
 
     # -- registration -----------------------------------------------------------------
 
@@ -258,16 +262,20 @@ class RequestContext:
             return
         channel = self.channel
         channel.dispatcher.processor_errors += 1
-        _log.failure(
-            "Processor for {code} from {peer} failed; answering SYSTEM_ERROR",
-            failure,
-            code=code_name(self.request.code),
-            peer=channel.remote_address,
-        )
+        dropped = channel.dispatcher.log_limiter.allow(("processor failed", channel.peer_host))
+        if dropped is not None:
+            _log.failure(
+                "Processor for {code} from {peer} failed; answering SYSTEM_ERROR "
+                "({dropped} such failures from this peer not logged)",
+                failure,
+                code=code_name(self.request.code),
+                peer=channel.remote_address,
+                dropped=dropped,
+            )
         error = failure.value
         self.respond(
             RemotingCommand.response_to(
-                self.request, ResponseCode.SYSTEM_ERROR, f"{type(error).__name__}: {error}"
+                self.request, ResponseCode.SYSTEM_ERROR, clip(f"{type(error).__name__}: {error}")
             )
         )
 
@@ -278,11 +286,11 @@ class RequestContext:
             return  # the processor answers later through respond()
         if self.responded:
             _log.error(
-                "Processor for {code} from {peer} returned {result!r} but had already "
+                "Processor for {code} from {peer} returned {result} but had already "
                 "answered through respond(); dropping it",
                 code=code_name(self.request.code),
                 peer=self.channel.remote_address,
-                result=result,
+                result=clip_repr(result),
             )
             return
         if not isinstance(result, RemotingCommand):

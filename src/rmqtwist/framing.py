@@ -9,13 +9,15 @@ raised while decoding or handling a command escapes ``dataReceived``.
 
 from __future__ import annotations
 
-from typing import cast
+from collections import deque
+from typing import TYPE_CHECKING, cast
 
 from twisted.internet.interfaces import IAddress
 from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from rmqtwist._logsafe import clip, clip_repr
 from rmqtwist.codec import (
     DEFAULT_MAX_EXT_FIELDS,
     DEFAULT_MAX_FRAME_LENGTH,
@@ -25,6 +27,9 @@ from rmqtwist.codec import (
 )
 from rmqtwist.command import RemotingCommand
 from rmqtwist.errors import ProtocolError
+
+if TYPE_CHECKING:
+    from rmqtwist.budgets import BufferBudget
 
 __all__ = ["LengthPrefixed", "LengthPrefixedFactory", "format_address"]
 
@@ -51,8 +56,13 @@ class LengthPrefixed(Protocol):
     max_header_length: int | None = DEFAULT_MAX_HEADER_LENGTH
     max_ext_fields: int | None = DEFAULT_MAX_EXT_FIELDS
     _log = Logger()
+    #: The server-wide budget of partial-frame bytes this connection counts against
+    #: (set by the factory; None: no budget).
+    buffer_budget: BufferBudget | None = None
     _decoder: FrameDecoder | None = None
     _failed = False
+    _holding = False
+    _backlog: deque[RemotingCommand] | None = None
 
     def connectionMade(self) -> None:
         """Start a fresh :class:`~rmqtwist.codec.FrameDecoder` for this connection."""
@@ -69,7 +79,10 @@ class LengthPrefixed(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         """Feed ``data`` to the decoder and hand each whole command to
-        :meth:`command_received`; on a protocol error, :meth:`protocol_error`."""
+        :meth:`command_received`; on a protocol error, :meth:`protocol_error`.
+
+        While commands are held (:meth:`hold_commands`), the ones decoded wait, in order,
+        for :meth:`release_commands`."""
         if self._failed:
             return
         decoder = self._decoder
@@ -80,27 +93,78 @@ class LengthPrefixed(Protocol):
             commands = decoder.feed(data)
         except ProtocolError as e:
             commands, error = e.decoded, e
-        for command in commands:
-            try:
-                self.command_received(command)
-            except Exception:
-                self._log.failure(
-                    "Handling a command from {peer} raised; the connection stays open: {command!r}",
-                    peer=self.peer,
-                    command=command,
-                )
+        budget = self.buffer_budget
+        if budget is not None:
+            budget.update(self, decoder.buffered)
+        if commands:
+            self.frames_received(len(commands))
+            backlog = self._backlog
+            if backlog is not None or self._holding:
+                if backlog is None:
+                    backlog = self._backlog = deque()
+                backlog.extend(commands)
+                if not self._holding:
+                    self._deliver_backlog()
+            else:
+                deliver = self._deliver
+                for index, command in enumerate(commands):
+                    if self._holding:  # e.g. the write buffer filled up: keep the rest
+                        self._backlog = deque(commands[index:])
+                        break
+                    deliver(command)
         if error is not None:
             self._failed = True
+            if self._backlog:  # answers to these could never be sent now
+                self._backlog = None
             try:
                 self.protocol_error(error)
             except Exception:
                 self._log.failure("protocol_error() raised for {peer}", peer=self.peer)
                 self.abort()
 
+    def _deliver(self, command: RemotingCommand) -> None:
+        try:
+            self.command_received(command)
+        except Exception:
+            self._log.failure(
+                "Handling a command from {peer} raised; the connection stays open: {command}",
+                peer=self.peer,
+                command=clip_repr(command),
+            )
+
+    def _deliver_backlog(self) -> None:
+        backlog = self._backlog
+        while backlog and not self._holding and self.transport is not None:
+            self._deliver(backlog.popleft())
+        if not backlog:
+            self._backlog = None
+
+    def hold_commands(self) -> None:
+        """Stop handing decoded commands to :meth:`command_received`: those decoded
+        from now on (the rest of the current read included) wait, in order."""
+        self._holding = True
+
+    def release_commands(self) -> None:
+        """Hand the commands held back to :meth:`command_received`, until the next
+        :meth:`hold_commands` (which one of them may cause)."""
+        self._holding = False
+        if self._backlog:
+            self._deliver_backlog()
+
+    @property
+    def held_commands(self) -> int:
+        """Commands decoded but not yet handed over (while held)."""
+        return len(self._backlog) if self._backlog else 0
+
+    def frames_received(self, count: int) -> None:
+        """Called after a read that completed ``count`` frames, before they are handled."""
+
     def command_received(self, command: RemotingCommand) -> None:
         """Called once per command decoded from the peer, in arrival order."""
         self._log.warn(
-            "{peer} sent {command!r}, which nothing handles", peer=self.peer, command=command
+            "{peer} sent {command}, which nothing handles",
+            peer=self.peer,
+            command=clip_repr(command),
         )
 
     def protocol_error(self, error: ProtocolError) -> None:
@@ -112,7 +176,7 @@ class LengthPrefixed(Protocol):
             "{peer} sent an invalid frame, closing the connection: {error_type}: {error}",
             peer=self.peer,
             error_type=type(error).__name__,
-            error=str(error),
+            error=clip(str(error)),
         )
         self.abort()
 
@@ -147,6 +211,9 @@ class LengthPrefixed(Protocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         """Drop the decoder and whatever partial frame it held."""
         self._decoder = None
+        self._backlog = None
+        if self.buffer_budget is not None:
+            self.buffer_budget.forget(self)
 
 
 class LengthPrefixedFactory(ServerFactory):

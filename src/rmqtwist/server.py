@@ -30,7 +30,13 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from rmqtwist.codec import DEFAULT_MAX_FRAME_LENGTH
+from rmqtwist._logsafe import LogLimiter
+from rmqtwist.budgets import BufferBudget
+from rmqtwist.codec import (
+    DEFAULT_MAX_EXT_FIELDS,
+    DEFAULT_MAX_FRAME_LENGTH,
+    DEFAULT_MAX_HEADER_LENGTH,
+)
 from rmqtwist.dispatcher import Dispatcher, Registrar
 from rmqtwist.framing import LengthPrefixedFactory, format_address
 from rmqtwist.protocol import RemotingProtocol
@@ -39,7 +45,25 @@ if TYPE_CHECKING:
     from twisted.internet.interfaces import IAddress, IReactorTime
 
 
-__all__ = ["Refused", "RemotingServer", "RemotingServerFactory"]
+__all__ = [
+    "DEFAULT_FIRST_FRAME_TIMEOUT",
+    "DEFAULT_FRAME_TIMEOUT",
+    "DEFAULT_MAX_BUFFERED_BYTES",
+    "DEFAULT_MAX_UNSENT_BYTES",
+    "Refused",
+    "RemotingServer",
+    "RemotingServerFactory",
+]
+
+#: Seconds a frame may take to arrive whole once its first byte has.
+DEFAULT_FRAME_TIMEOUT = 10.0
+#: Seconds after connecting by which a peer must have sent one whole frame.
+DEFAULT_FIRST_FRAME_TIMEOUT = 10.0
+#: Bytes written to a connection whose write buffer is full before it is closed (two
+#: frames of the default frame limit).
+DEFAULT_MAX_UNSENT_BYTES = 32 * 1024 * 1024
+#: Bytes of unfinished frames all connections of a server may hold together.
+DEFAULT_MAX_BUFFERED_BYTES = 256 * 1024 * 1024
 
 _log = Logger()
 
@@ -75,8 +99,17 @@ class RemotingServerFactory(Registrar, LengthPrefixedFactory):
     All connections share :attr:`dispatcher`: the one given, or one built from
     ``dispatcher_options`` (``reactor``, ``idle_timeout``, ``max_in_flight``,
     ``serialize_type``, ...; see :class:`~rmqtwist.dispatcher.Dispatcher`). While
-    ``max_connections`` connections are open, a new one is refused (aborted at once, and
-    logged at most once per 10 s with a count); the open ones are not affected.
+    ``max_connections`` connections are open (or ``max_connections_per_address`` from
+    one host, when set), a new one is refused (aborted at once, and logged at most once
+    per 10 s with a count); the open ones are not affected.
+
+    What one peer can make the server hold is bounded (see the how-to on exposing a
+    server): ``max_header_length`` and ``max_ext_fields`` per frame header;
+    ``frame_timeout`` seconds for a frame to arrive whole once begun, and
+    ``first_frame_timeout`` for the first one after connecting; ``max_unsent_bytes``
+    written to a peer that does not read; ``max_buffered_bytes`` of unfinished frames
+    over all connections (past it the connections holding the most are closed).
+    None turns a limit off.
     """
 
     protocol = RemotingProtocol
@@ -87,9 +120,18 @@ class RemotingServerFactory(Registrar, LengthPrefixedFactory):
         *,
         max_connections: int = 1000,
         max_frame_length: int = DEFAULT_MAX_FRAME_LENGTH,
+        max_header_length: int | None = DEFAULT_MAX_HEADER_LENGTH,
+        max_ext_fields: int | None = DEFAULT_MAX_EXT_FIELDS,
+        frame_timeout: float | None = DEFAULT_FRAME_TIMEOUT,
+        first_frame_timeout: float | None = DEFAULT_FIRST_FRAME_TIMEOUT,
+        max_unsent_bytes: int | None = DEFAULT_MAX_UNSENT_BYTES,
+        max_buffered_bytes: int | None = DEFAULT_MAX_BUFFERED_BYTES,
+        max_connections_per_address: int | None = None,
         **dispatcher_options: Any,
     ) -> None:
-        super().__init__(max_frame_length)
+        super().__init__(
+            max_frame_length, max_header_length=max_header_length, max_ext_fields=max_ext_fields
+        )
         if dispatcher is None:
             dispatcher = Dispatcher(**dispatcher_options)
         elif dispatcher_options:
@@ -99,14 +141,31 @@ class RemotingServerFactory(Registrar, LengthPrefixedFactory):
             )
         if max_connections < 1:
             raise ValueError(f"max_connections must be at least 1, got {max_connections}")
+        for name, value in (
+            ("frame_timeout", frame_timeout),
+            ("first_frame_timeout", first_frame_timeout),
+            ("max_unsent_bytes", max_unsent_bytes),
+            ("max_connections_per_address", max_connections_per_address),
+        ):
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be positive (or None: no limit), got {value!r}")
         self.dispatcher = dispatcher
         self.max_connections = max_connections
+        self.max_connections_per_address = max_connections_per_address
+        self.frame_timeout = frame_timeout
+        self.first_frame_timeout = first_frame_timeout
+        self.max_unsent_bytes = max_unsent_bytes
+        #: The budget of unfinished-frame bytes all connections share (None: none).
+        self.buffer_budget = (
+            None
+            if max_buffered_bytes is None
+            else BufferBudget(max_buffered_bytes, dispatcher.clock)
+        )
         #: False once the server stops: every new connection is then refused.
         self.accepting = True
         #: Connections refused so far (over the limit, or while stopping).
         self.refused_connections = 0
-        self._refused_since_log = 0
-        self._last_refusal_log: float | None = None
+        self._refusal_log = LogLimiter(dispatcher.clock, _REFUSAL_LOG_INTERVAL)
 
     @property
     def connections(self) -> set[RemotingProtocol]:
@@ -125,17 +184,30 @@ class RemotingServerFactory(Registrar, LengthPrefixedFactory):
         if open_now >= self.max_connections:
             self._refuse(addr, "too many connections", open_now)
             return Refused()
+        per_address = self.max_connections_per_address
+        if per_address is not None:
+            host = getattr(addr, "host", None)
+            if host is not None and self._open_from(host) >= per_address:
+                self._refuse(addr, f"too many connections from {host}", open_now, per_address)
+                return Refused()
         protocol = super().buildProtocol(addr)
         if isinstance(protocol, RemotingProtocol):
             protocol.dispatcher = self.dispatcher
+            protocol.frame_timeout = self.frame_timeout
+            protocol.first_frame_timeout = self.first_frame_timeout
+            protocol.max_unsent_bytes = self.max_unsent_bytes
+            protocol.buffer_budget = self.buffer_budget
         return protocol
 
-    def _refuse(self, addr: IAddress | None, why: str, open_now: int) -> None:
+    def _open_from(self, host: str) -> int:
+        return sum(1 for c in self.dispatcher.connections if c.peer_host == host)
+
+    def _refuse(
+        self, addr: IAddress | None, why: str, open_now: int, limit: int | None = None
+    ) -> None:
         self.refused_connections += 1
-        self._refused_since_log += 1
-        now = self.dispatcher.clock.seconds()
-        last = self._last_refusal_log
-        if last is not None and now - last < _REFUSAL_LOG_INTERVAL:
+        dropped = self._refusal_log.allow()
+        if dropped is None:
             return
         _log.warn(
             "Refused a connection from {peer}: {why} ({open} open, limit {limit}); "
@@ -143,11 +215,9 @@ class RemotingServerFactory(Registrar, LengthPrefixedFactory):
             peer=format_address(addr),
             why=why,
             open=open_now,
-            limit=self.max_connections,
-            refused=self._refused_since_log,
+            limit=self.max_connections if limit is None else limit,
+            refused=dropped + 1,
         )
-        self._last_refusal_log = now
-        self._refused_since_log = 0
 
     def __repr__(self) -> str:
         return (
@@ -348,6 +418,7 @@ class RemotingServer(MultiService):
     def startService(self) -> None:
         self._stopped = None
         self.factory.accepting = True
+        _warn_if_few_file_descriptors(self.factory.max_connections)
         super().startService()  # type: ignore[no-untyped-call]
 
     def privilegedStartService(self) -> None:
@@ -413,3 +484,28 @@ class RemotingServer(MultiService):
     def __repr__(self) -> str:
         ports = ", ".join(format_address(port.getHost()) for port in self.ports)
         return f"<{type(self).__name__} listening=[{ports}] {self.factory!r}>"
+
+
+#: File descriptors a server needs beside its connections (listening sockets, logs,
+#: a data directory's files, the reactor's own).
+_SPARE_DESCRIPTORS = 32
+
+
+def _warn_if_few_file_descriptors(max_connections: int) -> None:
+    """Warn when the process's open-file limit cannot hold ``max_connections``: past it,
+    accepting fails with EMFILE instead of a clean refusal."""
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (ImportError, OSError, ValueError):  # not on this platform
+        return
+    if soft != resource.RLIM_INFINITY and soft < max_connections + _SPARE_DESCRIPTORS:
+        _log.warn(
+            "The open-file limit ({limit}) is below max_connections ({connections}) plus "
+            "{spare} spare: connections past it fail to be accepted instead of being "
+            "refused; raise it (ulimit -n) or lower max_connections",
+            limit=soft,
+            connections=max_connections,
+            spare=_SPARE_DESCRIPTORS,
+        )

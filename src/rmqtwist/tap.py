@@ -27,7 +27,11 @@ from rmqtwist.broker.config import BrokerConfig
 from rmqtwist.broker.service import BrokerService
 from rmqtwist.broker.store import DiskStore, IMessageStore, MemoryStore
 from rmqtwist.broker.topics import topic_problem
-from rmqtwist.codec import DEFAULT_MAX_FRAME_LENGTH
+from rmqtwist.codec import (
+    DEFAULT_MAX_EXT_FIELDS,
+    DEFAULT_MAX_FRAME_LENGTH,
+    DEFAULT_MAX_HEADER_LENGTH,
+)
 from rmqtwist.codes import RequestCode, SerializeType, code_name
 from rmqtwist.interfaces import (
     IProcessorPlugin,
@@ -36,7 +40,14 @@ from rmqtwist.interfaces import (
     IRPCHookPlugin,
 )
 from rmqtwist.processors import ProcessorPlugin, RPCHookPlugin, echo_plugin, stats_plugin
-from rmqtwist.server import RemotingServer, RemotingServerFactory
+from rmqtwist.server import (
+    DEFAULT_FIRST_FRAME_TIMEOUT,
+    DEFAULT_FRAME_TIMEOUT,
+    DEFAULT_MAX_BUFFERED_BYTES,
+    DEFAULT_MAX_UNSENT_BYTES,
+    RemotingServer,
+    RemotingServerFactory,
+)
 
 __all__ = [
     "DEFAULT_PORT",
@@ -228,6 +239,13 @@ class Options(usage.Options):
         self["idle-timeout"] = 120.0
         self["max-connections"] = 1000
         self["max-frame-length"] = DEFAULT_MAX_FRAME_LENGTH
+        self["max-header-length"] = DEFAULT_MAX_HEADER_LENGTH
+        self["max-ext-fields"] = DEFAULT_MAX_EXT_FIELDS
+        self["frame-timeout"] = DEFAULT_FRAME_TIMEOUT
+        self["first-frame-timeout"] = DEFAULT_FIRST_FRAME_TIMEOUT
+        self["max-unsent-bytes"] = DEFAULT_MAX_UNSENT_BYTES
+        self["max-buffered-bytes"] = DEFAULT_MAX_BUFFERED_BYTES
+        self["max-connections-per-address"] = 0
         self["processors"] = []
         self["hooks"] = []
         self["serialize-type"] = SerializeType.JSON
@@ -400,6 +418,43 @@ class Options(usage.Options):
     def opt_max_frame_length(self, size: str) -> None:
         """Largest frame accepted in bytes, length prefix included [default: 16777216]."""
         self["max-frame-length"] = _number("max-frame-length", size, int, 8)
+
+    def opt_max_header_length(self, size: str) -> None:
+        """Largest frame header accepted in bytes, refused from the frame's length words
+        before it is read (Java clients send under 1 KiB) [default: 262144]."""
+        self["max-header-length"] = _number("max-header-length", size, int, 0, (1 << 24) - 1)
+
+    def opt_max_ext_fields(self, count: str) -> None:
+        """Most ext_fields entries accepted in one header (Java sends under 20)
+        [default: 1024]."""
+        self["max-ext-fields"] = _number("max-ext-fields", count, int, 0)
+
+    def opt_frame_timeout(self, seconds: str) -> None:
+        """Close a connection whose frame has not arrived whole this many seconds after
+        its first byte did (0: never) [default: 10]."""
+        self["frame-timeout"] = _number("frame-timeout", seconds, float, 0)
+
+    def opt_first_frame_timeout(self, seconds: str) -> None:
+        """Close a connection that has not sent one whole frame this many seconds after
+        connecting (0: never) [default: 10]."""
+        self["first-frame-timeout"] = _number("first-frame-timeout", seconds, float, 0)
+
+    def opt_max_unsent_bytes(self, size: str) -> None:
+        """Close a connection once this many bytes were written to it while its write
+        buffer was full (a peer that sends requests but does not read the answers)
+        (0: never) [default: 33554432 (32 MiB)]."""
+        self["max-unsent-bytes"] = _number("max-unsent-bytes", size, int, 0)
+
+    def opt_max_buffered_bytes(self, size: str) -> None:
+        """Bytes of unfinished frames all connections may hold together; past it the
+        connections holding the most are closed (0: no budget)
+        [default: 268435456 (256 MiB)]."""
+        self["max-buffered-bytes"] = _number("max-buffered-bytes", size, int, 0)
+
+    def opt_max_connections_per_address(self, count: str) -> None:
+        """Refuse new connections from a host while this many from it are open (0: no
+        such limit) [default: 0]."""
+        self["max-connections-per-address"] = _number("max-connections-per-address", count, int, 0)
 
     def opt_processor(self, spec: str) -> None:
         """[CODE=]NAME: answer requests with processor NAME (repeatable). NAME is a
@@ -606,15 +661,29 @@ def _make_broker(options: Options, server_class: type[RemotingServer]) -> Broker
         listen=(),
         server_class=server_class,
         shutdown_timeout=options["shutdown-timeout"],
-        max_connections=options["max-connections"],
-        max_frame_length=options["max-frame-length"],
         idle_timeout=options["idle-timeout"] or None,
         serialize_type=options["serialize-type"],
+        **_limits(options),
     )
     for hook in hooks:
         service.factory.register_rpc_hook(hook)
     _listen_all(service.server, options["listen"])
     return service
+
+
+def _limits(options: Options) -> dict[str, Any]:
+    """The server factory's limits from the options (0 turns the optional ones off)."""
+    return {
+        "max_connections": options["max-connections"],
+        "max_frame_length": options["max-frame-length"],
+        "max_header_length": options["max-header-length"],
+        "max_ext_fields": options["max-ext-fields"],
+        "frame_timeout": options["frame-timeout"] or None,
+        "first_frame_timeout": options["first-frame-timeout"] or None,
+        "max_unsent_bytes": options["max-unsent-bytes"] or None,
+        "max_buffered_bytes": options["max-buffered-bytes"] or None,
+        "max_connections_per_address": options["max-connections-per-address"] or None,
+    }
 
 
 def _listen_all(server: RemotingServer, endpoints: Iterable[str]) -> None:
@@ -628,10 +697,9 @@ def _listen_all(server: RemotingServer, endpoints: Iterable[str]) -> None:
 def _make_service(options: Options, server_class: type[RemotingServer]) -> RemotingServer:
     idle_timeout = options["idle-timeout"] or None
     factory = RemotingServerFactory(
-        max_connections=options["max-connections"],
-        max_frame_length=options["max-frame-length"],
         idle_timeout=idle_timeout,
         serialize_type=options["serialize-type"],
+        **_limits(options),
     )
     for choice in options.processor_choices:
         try:

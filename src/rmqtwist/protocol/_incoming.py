@@ -6,6 +6,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from rmqtwist._logsafe import clip, clip_repr
 from rmqtwist.codec import encode_frame
 from rmqtwist.codes import ResponseCode, code_name
 from rmqtwist.command import RemotingCommand
@@ -24,6 +25,7 @@ class _Incoming(LengthPrefixed):
     # Set by RemotingProtocol.__init__ (and connectionMade); declared for the type checker.
     dispatcher: Dispatcher
     remote_address: str
+    peer_host: str
     is_connected: bool
     _processing: set[RequestContext]
 
@@ -121,10 +123,18 @@ class _Incoming(LengthPrefixed):
                 response = _addressed(response, request)  # a hook may have built a new one
             frame = encode_frame(response)
         except Exception as e:
-            _log.failure("Cannot send the response to {request!r}", request=request)
+            dropped = dispatcher.log_limiter.allow(("cannot answer", self.peer_host))
+            if dropped is not None:
+                _log.failure(
+                    "Cannot send the response to {request} from {peer} ({dropped} such "
+                    "failures from this peer not logged)",
+                    request=clip_repr(request),
+                    peer=self.remote_address,
+                    dropped=dropped,
+                )
             frame = encode_frame(
                 RemotingCommand.response_to(
-                    request, ResponseCode.SYSTEM_ERROR, f"{type(e).__name__}: {e}"
+                    request, ResponseCode.SYSTEM_ERROR, clip(f"{type(e).__name__}: {e}")
                 )
             )
         if len(frame) > self.max_frame_length:
@@ -134,8 +144,8 @@ class _Incoming(LengthPrefixed):
             frame = error_frame
         if not self.is_connected:
             _log.debug(
-                "Dropping the response to {request!r}: {peer} is gone",
-                request=request,
+                "Dropping the response to {request}: {peer} is gone",
+                request=clip_repr(request),
                 peer=self.remote_address,
             )
             return

@@ -11,6 +11,7 @@ from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
+from rmqtwist._logsafe import clip_repr
 from rmqtwist._reply import Reply
 from rmqtwist.budgets import Permit, Permits
 from rmqtwist.codec import encode_frame
@@ -34,6 +35,7 @@ class _Outgoing(LengthPrefixed, TimeoutMixin):
     # Set by RemotingProtocol.__init__ (and connectionMade); declared for the type checker.
     dispatcher: Dispatcher
     remote_address: str
+    peer_host: str
     is_connected: bool
     is_writable: bool
     is_closing: bool
@@ -52,6 +54,10 @@ class _Outgoing(LengthPrefixed, TimeoutMixin):
         def mark_closing(self) -> None: ...
 
         def close(self) -> None: ...
+
+        def _over_unsent(self, size: int) -> bool: ...
+
+        _write_paused: bool
 
     def _allocate_opaque(self) -> int:
         opaque = self._next_opaque
@@ -212,13 +218,18 @@ class _Outgoing(LengthPrefixed, TimeoutMixin):
             self.close()
 
     def _late_response(self, response: RemotingCommand) -> None:
-        self.dispatcher.late_responses += 1
-        _log.info(
-            "Dropping a response from {peer} that matches no pending request "
-            "(late after a timeout or cancel?): {response!r}",
-            peer=self.remote_address,
-            response=response,
-        )
+        dispatcher = self.dispatcher
+        dispatcher.late_responses += 1
+        dropped = dispatcher.log_limiter.allow(("late response", self.peer_host))
+        if dropped is not None:
+            _log.info(
+                "Dropping a response from {peer} that matches no pending request "
+                "(late after a timeout or cancel?): {response} ({dropped} more such "
+                "responses from this peer not logged)",
+                peer=self.remote_address,
+                response=clip_repr(response),
+                dropped=dropped,
+            )
 
     def _send_oneway_counted(self, permit: Permit, request: RemotingCommand) -> None:
         try:
@@ -247,6 +258,8 @@ class _Outgoing(LengthPrefixed, TimeoutMixin):
                 opaque=opaque,
                 flag=(request.flag | FLAG_ONEWAY) & ~FLAG_RESPONSE,
             )
+            if self._write_paused and self._over_unsent(len(frame)):
+                raise self._not_open()
             try:  # write_frame's work, inlined
                 self.activity += 1
                 if self.timeOut is not None:

@@ -16,6 +16,7 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from rmqtwist._logsafe import clip
 from rmqtwist.budgets import Permit, Permits
 from rmqtwist.codes import FLAG_RESPONSE, code_name
 from rmqtwist.command import RemotingCommand
@@ -49,6 +50,14 @@ class RemotingProtocol(_Outgoing, _Incoming, LengthPrefixed, TimeoutMixin):
 
     dispatcher: Dispatcher
 
+    #: Seconds a frame may take to arrive whole once its first byte has (None: no limit).
+    frame_timeout: float | None = None
+    #: Seconds after connecting by which the peer must have sent one whole frame.
+    first_frame_timeout: float | None = None
+    #: Most bytes written while the write buffer is past its high-water mark; past it the
+    #: connection is aborted (None: no limit). The factory sets these three.
+    max_unsent_bytes: int | None = None
+
     def __init__(self) -> None:
         self.channel_id = f"ch{next(_channel_ids)}"
         self.remote_address = ""
@@ -77,6 +86,13 @@ class RemotingProtocol(_Outgoing, _Incoming, LengthPrefixed, TimeoutMixin):
         self._cancel_reply = self._cancel_reply  # type: ignore[method-assign]  # bound once
         self._paused_reading = False
         self._held_permits: list[Permit] = []
+        self.peer_host = ""
+        # flow control: paused by the transport, and bytes written since
+        self._write_paused = False
+        self._unsent = 0
+        # the deadline of the frame being received (or of the first frame)
+        self._frame_timer: IDelayedCall | None = None
+        self._got_frames = False
 
     # -- connection lifecycle ---------------------------------------------------------
 
@@ -85,7 +101,9 @@ class RemotingProtocol(_Outgoing, _Incoming, LengthPrefixed, TimeoutMixin):
         dispatcher = self.dispatcher
         transport = self.transport
         assert transport is not None
-        self.remote_address = format_address(transport.getPeer())
+        peer = transport.getPeer()
+        self.remote_address = format_address(peer)
+        self.peer_host = str(getattr(peer, "host", self.remote_address))
         self.local_address = format_address(transport.getHost())
         self.is_connected = True
         self.is_writable = True
@@ -98,6 +116,10 @@ class RemotingProtocol(_Outgoing, _Incoming, LengthPrefixed, TimeoutMixin):
         if hasattr(transport, "bufferSize"):
             transport.bufferSize = dispatcher.write_high_water
         transport.registerProducer(self, True)  # type: ignore[attr-defined]
+        if self.first_frame_timeout is not None:
+            self._frame_timer = dispatcher.clock.callLater(
+                self.first_frame_timeout, self._frame_timed_out, True
+            )
         dispatcher.connections.add(self)
         dispatcher.connections_made += 1
         dispatcher.notify("on_connect", self)
@@ -106,6 +128,7 @@ class RemotingProtocol(_Outgoing, _Incoming, LengthPrefixed, TimeoutMixin):
         self.is_connected = False
         self.is_writable = False
         self.setTimeout(None)  # type: ignore[no-untyped-call]
+        self._cancel_frame_timer()
         super().connectionLost(reason)
         dispatcher = self.dispatcher
         dispatcher.connections.discard(self)
@@ -186,8 +209,89 @@ class RemotingProtocol(_Outgoing, _Incoming, LengthPrefixed, TimeoutMixin):
         self.abort()
 
     def protocol_error(self, error: ProtocolError) -> None:
+        """Log why (at most once per peer every 10 s, with a count), abort."""
         self.dispatcher.notify("on_exception", self, error)
-        super().protocol_error(error)
+        dropped = self.dispatcher.log_limiter.allow(("invalid frame", self.peer_host))
+        if dropped is not None:
+            _log.warn(
+                "{peer} sent an invalid frame, closing the connection: {error_type}: {error} "
+                "({dropped} more invalid frames from this peer not logged)",
+                peer=self.remote_address,
+                error_type=type(error).__name__,
+                error=clip(str(error)),
+                dropped=dropped,
+            )
+        self.abort()
+
+    # -- frame deadlines (slow peers must not hold connection slots) ------------------
+
+    def frames_received(self, count: int) -> None:
+        self._got_frames = True
+
+    def _cancel_frame_timer(self) -> None:
+        timer, self._frame_timer = self._frame_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _check_frame_deadline(self) -> None:
+        """After a read: a frame completed stops its deadline (and the first frame's);
+        a frame begun starts one."""
+        if self._got_frames:
+            self._got_frames = False
+            self._cancel_frame_timer()
+        if self._frame_timer is None and self.frame_timeout is not None and self.is_connected:
+            decoder = self._decoder
+            if decoder is not None and decoder.buffered:
+                self._frame_timer = self.dispatcher.clock.callLater(
+                    self.frame_timeout, self._frame_timed_out
+                )
+
+    def _frame_timed_out(self, first: bool = False) -> None:
+        """The frame begun (or, ``first``, the first frame) did not arrive in time."""
+        self._frame_timer = None
+        if not self.is_connected:
+            return
+        decoder = self._decoder
+        buffered = decoder.buffered if decoder is not None else 0
+        dropped = self.dispatcher.log_limiter.allow(("frame timeout", self.peer_host))
+        if dropped is not None:
+            if first and not buffered:
+                what = "sent nothing within {seconds} s of connecting"
+            elif first:
+                what = "sent no whole frame within {seconds} s of connecting ({buffered} bytes)"
+            else:
+                what = (
+                    "began a frame that did not arrive whole within {seconds} s ({buffered} bytes)"
+                )
+            _log.info(
+                "Closing {peer}: it " + what + " ({dropped} more such closes not logged)",
+                peer=self.remote_address,
+                seconds=self.first_frame_timeout if first else self.frame_timeout,
+                buffered=buffered,
+                dropped=dropped,
+            )
+        self.abort()
+
+    def _over_unsent(self, size: int) -> bool:
+        """Count ``size`` bytes written while the write buffer is full; past
+        ``max_unsent_bytes``, log and abort (True: do not write them)."""
+        self._unsent += size
+        limit = self.max_unsent_bytes
+        if limit is None or self._unsent <= limit:
+            return False
+        dropped = self.dispatcher.log_limiter.allow(("unsent", self.peer_host))
+        if dropped is not None:
+            _log.warn(
+                "Closing {peer}: it does not read what is sent to it ({unsent} bytes written "
+                "since its write buffer filled up, over the limit of {limit}) ({dropped} more "
+                "such closes not logged)",
+                peer=self.remote_address,
+                unsent=self._unsent,
+                limit=limit,
+                dropped=dropped,
+            )
+        self.abort()
+        return True
 
     def mark_closing(self) -> None:
         """No new call may start on this connection (a pool drops it; see the client)."""
@@ -208,20 +312,29 @@ class RemotingProtocol(_Outgoing, _Incoming, LengthPrefixed, TimeoutMixin):
     # -- flow control (IPushProducer: the transport tells us its write buffer is full) --
 
     def pauseProducing(self) -> None:
-        """Our write buffer passed the high-water mark: stop reading from this peer."""
+        """Our write buffer passed the high-water mark: stop reading from this peer, and
+        stop handling what was already read (the rest waits, in order)."""
         self.is_writable = False
+        self._write_paused = True
+        self.hold_commands()
         if not self._paused_reading and self.transport is not None:
             self._paused_reading = True
             self.transport.pauseProducing()  # type: ignore[attr-defined]
 
     def resumeProducing(self) -> None:
-        """The write buffer drained: read again, and free the oneway permits held."""
+        """The write buffer drained: handle what was held, read again, and free the
+        oneway permits held."""
         self.is_writable = self.is_connected and not self.is_closing
+        self._write_paused = False
+        self._unsent = 0
         self._release_held_permits()
         if self.is_writable and self._writable_waiters:
             waiters, self._writable_waiters = self._writable_waiters, []
             for waiter in waiters:
                 waiter.callback(None)
+        self.release_commands()
+        if self._write_paused:  # what was held filled the buffer again
+            return
         if self._paused_reading and self.transport is not None:
             self._paused_reading = False
             self.transport.resumeProducing()  # type: ignore[attr-defined]
@@ -241,9 +354,13 @@ class RemotingProtocol(_Outgoing, _Incoming, LengthPrefixed, TimeoutMixin):
         if self.timeOut is not None:
             self.resetTimeout()  # type: ignore[no-untyped-call]
         super().dataReceived(data)
+        if self._got_frames or self.frame_timeout is not None:
+            self._check_frame_deadline()
 
     def write_frame(self, frame: bytes) -> None:
         """Write one frame; every write (``send_command`` too) resets the idle timer."""
+        if self._write_paused and self._over_unsent(len(frame)):
+            return
         self.activity += 1
         if self.timeOut is not None:
             self.resetTimeout()  # type: ignore[no-untyped-call]

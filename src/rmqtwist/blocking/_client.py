@@ -1,26 +1,4 @@
-"""The remoting client as plain blocking calls, for scripts, notebooks and threads.
-
-:class:`BlockingClient` offers the calls of :class:`~rmqtwist.client.RemotingClient` as
-functions that return a value or raise. The reactor runs in a background thread
-started by `crochet <https://crochet.readthedocs.io>`_ (``crochet.setup()``, which also
-sends Twisted's log to the standard :mod:`logging` module); every call is handed to
-that thread and waited for::
-
-    from rmqtwist import RemotingCommand
-    from rmqtwist.blocking import BlockingClient
-
-    with BlockingClient() as client:
-        response = client.invoke("127.0.0.1:9876", RemotingCommand.request(105), timeout=3)
-
-Errors are those of the asynchronous client (:mod:`rmqtwist.errors`): a call that gets
-no response in time raises :class:`~rmqtwist.errors.RemotingTimeoutError`, an address
-that refuses raises :class:`~rmqtwist.errors.ConnectError`, and so on.
-
-Any number of threads may share one client. The one thread that must not call it is
-the reactor thread itself (a processor, hook or listener, or code of a Twisted program
-that runs the reactor): the call could never finish there, so it raises RuntimeError;
-use the asynchronous :attr:`BlockingClient.client` there instead.
-"""
+"""The remoting client behind blocking methods (:class:`BlockingClient`)."""
 
 from __future__ import annotations
 
@@ -28,10 +6,16 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import crochet
-from twisted.internet.defer import CancelledError, Deferred
-from twisted.python import threadable
-from twisted.python.failure import Failure
 
+from rmqtwist.blocking._common import (
+    REACTOR_TIMEOUT,
+    TIMED_OUT,
+    WAIT_MARGIN,
+    check_timeout,
+    quick,
+    refuse_reactor_thread,
+    wait,
+)
 from rmqtwist.client import (
     AddressHealth,
     ClientConfig,
@@ -40,7 +24,7 @@ from rmqtwist.client import (
     RemotingClient,
     tcp_endpoint,
 )
-from rmqtwist.errors import ClientClosedError, RemotingTimeoutError
+from rmqtwist.errors import RemotingTimeoutError
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -48,39 +32,14 @@ if TYPE_CHECKING:
     from rmqtwist.command import RemotingCommand
     from rmqtwist.interfaces import IChannelEventListener, IRequestProcessor, IRPCHook
 
-__all__ = ["BlockingClient"]
+__all__ = ["REACTOR_TIMEOUT", "WAIT_MARGIN", "BlockingClient"]
 
 _T = TypeVar("_T")
 
-#: How much longer than a call's own deadline a blocking call waits for the reactor
-#: thread to report. The client's deadline fires first and raises the real error; the
-#: margin only matters when the reactor thread is too busy to run it in time.
-WAIT_MARGIN = 1.0
-#: How long a call that does no I/O (registering, reading the pool's state) waits for
-#: the reactor thread.
-REACTOR_TIMEOUT = 10.0
 #: How long past its drain timeout ``close()`` may take: the client aborts connections
 #: that have not closed one second after the drain.
 _CLOSE_EXTRA = 1.0
-
-
-#: What :meth:`BlockingClient._wait` returns when no outcome came in time.
-_TIMED_OUT: Any = object()
-
-
-def _given_up(failure: Failure) -> Failure | None:
-    # A call is cancelled only by a waiter that gave up on it and raised already: the
-    # CancelledError has no one to go to (crochet would log it as unhandled).
-    return None if isinstance(failure.value, CancelledError) else failure
-
-
-@crochet.run_in_reactor
-def _in_reactor(function: Callable[..., Any], *args: Any) -> Any:
-    # Runs in the reactor thread; a Deferred returned is waited for by the EventualResult.
-    result = function(*args)
-    if isinstance(result, Deferred):
-        result.addErrback(_given_up)
-    return result
+_INSTEAD = "the asynchronous BlockingClient.client (a RemotingClient)"
 
 
 class BlockingClient:
@@ -117,40 +76,15 @@ class BlockingClient:
 
     @staticmethod
     def _refuse_reactor_thread(what: str) -> None:
-        if threadable.isInIOThread():  # type: ignore[no-untyped-call]
-            raise RuntimeError(
-                f"{what} was called in the reactor thread, where waiting would deadlock: "
-                "use the asynchronous BlockingClient.client (a RemotingClient) there"
-            )
+        refuse_reactor_thread(what, _INSTEAD)
 
-    def _wait(self, function: Callable[..., Any], args: tuple[Any, ...], wait: float) -> Any:
-        """Run ``function(*args)`` in the reactor thread and wait up to ``wait`` seconds
-        for its result (a Deferred's, if it returns one). If none comes in time, cancel
-        the call and return ``_TIMED_OUT`` (the caller raises, with no crochet object
-        left in the traceback)."""
-        try:
-            result = _in_reactor(function, *args)
-            return result.wait(wait)
-        except crochet.ReactorStopped:
-            raise ClientClosedError("the reactor has stopped (the program is exiting)") from None
-        except crochet.TimeoutError:
-            pass
-        # The call forgets the request (a response that comes is dropped). The Deferred
-        # fires at once with the CancelledError that _given_up swallows; until then the
-        # reactor's queue holds the result, which crochet needs alive for the outcome.
-        result.cancel()
-        return _TIMED_OUT
+    @staticmethod
+    def _wait(function: Callable[..., Any], args: tuple[Any, ...], seconds: float) -> Any:
+        return wait(function, args, seconds)
 
     def _quick(self, function: Callable[..., _T], *args: Any, what: str) -> _T:
         """Run ``function(*args)``, which does no I/O, in the reactor thread."""
-        self._refuse_reactor_thread(what)
-        result = self._wait(function, args, REACTOR_TIMEOUT)
-        if result is _TIMED_OUT:
-            raise RemotingTimeoutError(
-                f"{what}: the reactor thread did not run it within {REACTOR_TIMEOUT:g} s "
-                "(is it blocked?)"
-            )
-        return cast("_T", result)
+        return quick(function, *args, what=what, instead=_INSTEAD)
 
     # -- calls ------------------------------------------------------------------------
 
@@ -189,10 +123,9 @@ class BlockingClient:
         timeout: float,
     ) -> Any:
         self._refuse_reactor_thread(what)
-        if not timeout >= 0:  # here too: a negative wait would not wait for the answer
-            raise ValueError(f"timeout must be a number of seconds >= 0, got {timeout!r}")
+        check_timeout(timeout)  # here too: a negative wait would not wait for the answer
         result = self._wait(method, (address, request, timeout), timeout + WAIT_MARGIN)
-        if result is _TIMED_OUT:
+        if result is TIMED_OUT:
             raise RemotingTimeoutError(
                 f"{what} to {address or 'the name server'}: no outcome within the "
                 f"{timeout:g} s deadline (the reactor thread was too busy to report it)"
@@ -314,7 +247,7 @@ class BlockingClient:
         if not drain >= 0:
             raise ValueError(f"timeout must be a number of seconds >= 0, got {timeout!r}")
         wait = drain + _CLOSE_EXTRA + WAIT_MARGIN
-        if self._wait(self.client.close, (timeout,), wait) is _TIMED_OUT:
+        if self._wait(self.client.close, (timeout,), wait) is TIMED_OUT:
             raise RemotingTimeoutError(f"close(): the client did not finish closing in {wait:g} s")
 
     def __enter__(self) -> BlockingClient:

@@ -1,0 +1,175 @@
+"""``BlockingProducer`` and ``BlockingConsumer`` against a dev broker in crochet's reactor.
+
+As in ``test_blocking.py``, crochet's reactor thread cannot share a process with
+pytest-twisted's reactor, so every test runs a script in a subprocess: it starts a dev
+broker with :func:`rmqtwist.testing.start_broker_in_thread`, checks with plain
+``assert``\\ s and prints ``PASSED`` at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parent.parent / "src"
+TIMEOUT = 90.0
+
+PRELUDE = """
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import crochet
+
+from rmqtwist.blocking import BlockingProducer
+from rmqtwist.message import Message
+from rmqtwist.producer import (
+    NoRouteError,
+    ProducerClosedError,
+    SendResult,
+    SendStatus,
+)
+from rmqtwist.testing import start_broker_in_thread
+
+crochet.setup()
+BROKER = start_broker_in_thread()
+ADDRESS = BROKER.address
+
+
+def refused_address():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{s.getsockname()[1]}"
+
+
+def raises(error_type, function, *args, **kwargs):
+    try:
+        function(*args, **kwargs)
+    except error_type as e:
+        return e
+    raise AssertionError(f"{function} did not raise {error_type.__name__}")
+
+
+def bodies(topic):
+    return sorted(m.body for m in BROKER.messages(topic))
+"""
+
+EPILOGUE = """
+BROKER.stop()
+print("PASSED")
+"""
+
+
+def run_script(body: str) -> subprocess.CompletedProcess[str]:
+    """Run PRELUDE + ``body`` in a fresh interpreter; fail with its output unless it
+    exits 0 having printed PASSED."""
+    script = PRELUDE + textwrap.dedent(body) + EPILOGUE
+    path = os.environ.get("PYTHONPATH")
+    env = {**os.environ, "PYTHONPATH": str(SRC) + (os.pathsep + path if path else "")}
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=TIMEOUT,
+        check=False,
+    )
+    assert done.returncode == 0 and done.stdout.endswith("PASSED\n"), (
+        f"exit status {done.returncode}\nstdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    )
+    assert "Unhandled" not in done.stderr and "Traceback" not in done.stderr, done.stderr
+    return done
+
+
+def test_producer_sends_from_many_threads() -> None:
+    run_script(
+        """
+        with BlockingProducer("blocking_test", ADDRESS, send_timeout=5.0) as producer:
+            result = producer.send(Message("Orders", b"one", tags="new", keys="k1"))
+            assert isinstance(result, SendResult), result
+            assert result.status is SendStatus.SEND_OK, result
+            assert result.queue.topic == "Orders" and result.queue_offset == 0, result
+
+            with ThreadPoolExecutor(8) as pool:
+                results = list(
+                    pool.map(lambda i: producer.send(Message("Orders", b"m%02d" % i)), range(20))
+                )
+            assert all(r.status is SendStatus.SEND_OK for r in results)
+            assert len({r.msg_id for r in results}) == 20
+
+            batch = producer.send_batch([Message("Batch", b"b1"), Message("Batch", b"b2")])
+            assert batch.msg_id.count(",") == 1, batch
+            assert producer.send_oneway(Message("Oneway", b"o1")) is None
+            keyed = {producer.send(Message("Keyed", b"x"), sharding_key="user-7").queue
+                     for _ in range(5)}
+            assert len(keyed) == 1, keyed
+            raises(ValueError, producer.send_batch, [])
+            raises(ValueError, producer.send, Message("Orders", b"z"), timeout=-1)
+
+        assert bodies("Orders") == [b"m%02d" % i for i in range(20)] + [b"one"]
+        assert bodies("Batch") == [b"b1", b"b2"]
+        deadline = time.monotonic() + 5
+        while bodies("Oneway") != [b"o1"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert bodies("Oneway") == [b"o1"]
+        # shut down: sends raise the async API's own error
+        error = raises(ProducerClosedError, producer.send, Message("Orders", b"late"))
+        assert "shut down" in str(error), error
+        producer.shutdown()  # again: nothing
+        """
+    )
+
+
+def test_errors_are_the_async_apis() -> None:
+    run_script(
+        """
+        producer = BlockingProducer("blocking_test", refused_address(), send_timeout=1.0)
+        started = time.monotonic()
+        error = raises(NoRouteError, producer.send, Message("Orders", b"one"))
+        assert time.monotonic() - started < 10, time.monotonic() - started
+        producer.shutdown()
+
+        late = BlockingProducer("blocking_test", ADDRESS, start=False)
+        raises(ProducerClosedError, late.send, Message("Orders", b"one"))
+        late.start()
+        assert late.send(Message("Orders", b"one")).status is SendStatus.SEND_OK
+        late.shutdown()
+        raises(TypeError, BlockingProducer, "g", ADDRESS, reactor=object())
+        raises(ValueError, BlockingProducer, "g", [])
+        """
+    )
+
+
+def test_refused_in_the_reactor_thread() -> None:
+    run_script(
+        """
+        producer = BlockingProducer("blocking_test", ADDRESS)
+
+        @crochet.wait_for(timeout=10)
+        def in_reactor():
+            errors = []
+            for call in (
+                lambda: producer.send(Message("Orders", b"x")),
+                lambda: producer.send_oneway(Message("Orders", b"x")),
+                lambda: producer.shutdown(),
+                lambda: BlockingProducer("g", ADDRESS),
+            ):
+                try:
+                    call()
+                except RuntimeError as e:
+                    errors.append(str(e))
+            return errors
+
+        errors = in_reactor()
+        assert len(errors) == 4, errors
+        assert all("reactor thread" in e for e in errors), errors
+        assert "BlockingProducer.producer" in errors[0], errors
+        assert "use Producer there" in errors[3], errors
+        assert producer.send(Message("Orders", b"ok")).status is SendStatus.SEND_OK
+        producer.shutdown()
+        """
+    )

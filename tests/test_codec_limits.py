@@ -103,3 +103,16 @@ def test_peer_values_in_codec_errors_are_clipped() -> None:
         FrameDecoder().feed(frame)
     assert len(str(caught.value)) < 500
     assert "[100002 chars]" in str(caught.value)
+
+
+def test_max_commands_leaves_the_rest_as_bytes_for_a_later_feed() -> None:
+    frames = [encode_frame(RemotingCommand(code=i, opaque=i)) for i in range(10)]
+    data = b"".join(frames)
+    decoder = FrameDecoder()
+    assert decoder.feed(data[:3], 0) == [] and decoder.buffered == 3
+    first = decoder.feed(data[3:], 4)
+    assert [c.code for c in first] == [0, 1, 2, 3]
+    assert decoder.buffered == len(b"".join(frames[4:]))
+    assert [c.code for c in decoder.feed(b"", 4)] == [4, 5, 6, 7]
+    assert [c.code for c in decoder.feed(b"")] == [8, 9]
+    assert decoder.buffered == 0

@@ -148,11 +148,12 @@ def test_a_read_is_handled_only_while_the_connection_is_writable() -> None:
     protocol.dataReceived(frames(3000))  # one read, 3000 tiny requests
     answered = len(FrameDecoder().feed(transport.value()))
     assert answered < 100  # stopped as soon as the write buffer filled
-    assert protocol.held_commands == 3000 - answered
+    assert protocol.held_commands < 64  # the rest of a batch decoded; the rest is bytes
+    assert protocol.held_bytes > (3000 - answered - 64) * 25
     assert transport.producerState == "paused"  # and reading stopped
     opaques: list[int] = []
     rounds = 0
-    while protocol.held_commands or transport.value():
+    while protocol.held_commands or protocol.held_bytes or transport.value():
         opaques += [c.opaque for c in transport.drain()]
         rounds += 1
     assert opaques == list(range(3000)) and rounds > 10  # all answered, in order
@@ -405,3 +406,19 @@ def test_twist_options_reach_the_factory_and_zero_turns_them_off() -> None:
     assert made.buffer_budget is not None and made.buffer_budget.limit == 1_000_000
     defaults = _limits(Options())
     assert defaults["frame_timeout"] == 10.0 and defaults["max_buffered_bytes"] == 256 << 20
+
+
+def test_no_frame_deadline_runs_while_reading_is_paused() -> None:
+    made = factory(frame_timeout=10.0, first_frame_timeout=None)
+    clock: Clock = made.dispatcher.clock  # type: ignore[assignment]
+    protocol, transport = connect(made, Socket(high_water=500))
+    frame = encode_frame(RemotingCommand(code=SEND, body=b"x" * 600))
+    protocol.dataReceived(frame + frame[:10])  # the answer fills the buffer; a frame begun
+    assert transport.producerState == "paused" and protocol.held_bytes == 10
+    clock.advance(60)  # we do not read: the peer cannot finish it
+    assert not transport.aborted
+    transport.drain()  # reading again: the deadline starts now
+    clock.advance(9)
+    assert not transport.aborted
+    clock.advance(1.1)
+    assert transport.aborted

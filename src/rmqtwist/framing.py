@@ -31,6 +31,10 @@ from rmqtwist.errors import ProtocolError
 if TYPE_CHECKING:
     from rmqtwist.budgets import BufferBudget
 
+#: Commands decoded at a time: while a connection's commands are held (its write buffer
+#: is full), the rest of a read waits as bytes, and at most this many as commands.
+_BATCH = 64
+
 __all__ = ["LengthPrefixed", "LengthPrefixedFactory", "format_address"]
 
 
@@ -88,34 +92,40 @@ class LengthPrefixed(Protocol):
         decoder = self._decoder
         if decoder is None:  # dataReceived before connectionMade: only in odd test set-ups
             decoder = self._decoder = self._new_decoder()
+        self._decode(decoder, data)
+
+    def _decode(self, decoder: FrameDecoder, data: bytes) -> None:
+        """Decode and hand over commands in batches while not held; what is left of the
+        read stays in the decoder as bytes."""
         error: ProtocolError | None = None
-        try:
-            commands = decoder.feed(data)
-        except ProtocolError as e:
-            commands, error = e.decoded, e
-        budget = self.buffer_budget
-        if budget is not None:
-            budget.update(self, decoder.buffered)
-        if commands:
-            self.frames_received(len(commands))
-            backlog = self._backlog
-            if backlog is not None or self._holding:
-                if backlog is None:
-                    backlog = self._backlog = deque()
-                backlog.extend(commands)
-                if not self._holding:
-                    self._deliver_backlog()
-            else:
+        while True:
+            if self._holding:
+                try:
+                    decoder.feed(data, 0)  # keep the bytes, decode nothing
+                except ProtocolError as e:
+                    error = e
+                break
+            try:
+                commands = decoder.feed(data, _BATCH)
+            except ProtocolError as e:
+                commands, error = e.decoded, e
+            data = b""
+            if commands:
+                self.frames_received(len(commands))
                 deliver = self._deliver
                 for index, command in enumerate(commands):
                     if self._holding:  # e.g. the write buffer filled up: keep the rest
                         self._backlog = deque(commands[index:])
                         break
                     deliver(command)
+            if error is not None or len(commands) < _BATCH or self.transport is None:
+                break
+        budget = self.buffer_budget
+        if budget is not None:
+            budget.update(self, decoder.buffered)
         if error is not None:
             self._failed = True
-            if self._backlog:  # answers to these could never be sent now
-                self._backlog = None
+            self._backlog = None  # answers to these could never be sent now
             try:
                 self.protocol_error(error)
             except Exception:
@@ -145,16 +155,24 @@ class LengthPrefixed(Protocol):
         self._holding = True
 
     def release_commands(self) -> None:
-        """Hand the commands held back to :meth:`command_received`, until the next
-        :meth:`hold_commands` (which one of them may cause)."""
+        """Hand the commands held back to :meth:`command_received`, then decode the
+        bytes held, until the next :meth:`hold_commands` (which one of them may cause)."""
         self._holding = False
         if self._backlog:
             self._deliver_backlog()
+        decoder = self._decoder
+        if not self._holding and not self._failed and decoder is not None and decoder.buffered:
+            self._decode(decoder, b"")
 
     @property
     def held_commands(self) -> int:
-        """Commands decoded but not yet handed over (while held)."""
+        """Commands decoded but not yet handed over (while held; at most a batch)."""
         return len(self._backlog) if self._backlog else 0
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes read but not yet decoded (a partial frame, or frames held)."""
+        return self._decoder.buffered if self._decoder is not None else 0
 
     def frames_received(self, count: int) -> None:
         """Called after a read that completed ``count`` frames, before they are handled."""

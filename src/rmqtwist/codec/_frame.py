@@ -260,8 +260,13 @@ class FrameDecoder:
         """Bytes held waiting for the rest of their frame."""
         return len(self._buffer)
 
-    def feed(self, data: bytes) -> list[RemotingCommand]:
-        """Add ``data``; return the commands of every frame it completes, in order."""
+    def feed(self, data: bytes, max_commands: int | None = None) -> list[RemotingCommand]:
+        """Add ``data``; return the commands of every frame it completes, in order.
+
+        With ``max_commands``, at most that many: the bytes of the frames after them stay
+        buffered, undecoded, until a later call (``feed(b"", n)`` goes on with them; 0
+        only adds ``data``). A connection that must stop handling requests mid-read
+        keeps the rest as bytes this way rather than as decoded commands."""
         if self._error is not None:
             self._error.decoded = []
             raise self._error
@@ -284,6 +289,7 @@ class FrameDecoder:
         if header_limit is None:
             header_limit = _HEADER_LENGTH_MAX
         max_fields = self.max_ext_fields
+        room = -1 if max_commands is None else max_commands
         unpack = _PREFIX.unpack_from
         try:
             if self._first and size >= 4:
@@ -292,6 +298,9 @@ class FrameDecoder:
                     raise wrong
                 self._first = False
             while size - pos >= 8:
+                if len(commands) == room:
+                    self._need = 0  # whole frames may be buffered: decode on any feed
+                    break
                 total, type_word = unpack(source, pos)
                 if total < 4 or total + 4 > limit:
                     _check_prefix(total, limit)

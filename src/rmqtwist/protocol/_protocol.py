@@ -235,11 +235,17 @@ class RemotingProtocol(_Outgoing, _Incoming, LengthPrefixed, TimeoutMixin):
 
     def _check_frame_deadline(self) -> None:
         """After a read: a frame completed stops its deadline (and the first frame's);
-        a frame begun starts one."""
+        a frame begun starts one (not while reading is paused: the peer could not send
+        the rest)."""
         if self._got_frames:
             self._got_frames = False
             self._cancel_frame_timer()
-        if self._frame_timer is None and self.frame_timeout is not None and self.is_connected:
+        if (
+            self._frame_timer is None
+            and self.frame_timeout is not None
+            and self.is_connected
+            and not self._write_paused
+        ):
             decoder = self._decoder
             if decoder is not None and decoder.buffered:
                 self._frame_timer = self.dispatcher.clock.callLater(
@@ -317,6 +323,8 @@ class RemotingProtocol(_Outgoing, _Incoming, LengthPrefixed, TimeoutMixin):
         self.is_writable = False
         self._write_paused = True
         self.hold_commands()
+        if self._frame_timer is not None and self.frame_timeout is not None:
+            self._cancel_frame_timer()  # we stop reading: the frame cannot arrive now
         if not self._paused_reading and self.transport is not None:
             self._paused_reading = True
             self.transport.pauseProducing()  # type: ignore[attr-defined]
@@ -335,6 +343,8 @@ class RemotingProtocol(_Outgoing, _Incoming, LengthPrefixed, TimeoutMixin):
         self.release_commands()
         if self._write_paused:  # what was held filled the buffer again
             return
+        if self.is_connected and (self._got_frames or self.frame_timeout is not None):
+            self._check_frame_deadline()
         if self._paused_reading and self.transport is not None:
             self._paused_reading = False
             self.transport.resumeProducing()  # type: ignore[attr-defined]

@@ -422,3 +422,13 @@ def test_no_frame_deadline_runs_while_reading_is_paused() -> None:
     assert not transport.aborted
     clock.advance(1.1)
     assert transport.aborted
+
+
+def test_the_logging_hook_clips_what_it_logs(logged: list[Event]) -> None:
+    from rmqtwist.processors import LoggingHook
+
+    request = RemotingCommand(code=SEND, remark="r" * 100_000)
+    hook = LoggingHook()
+    hook.before_request("10.0.0.2:1", request)
+    hook.after_response("10.0.0.2:1", request, RemotingCommand.response_to(request, 0, "x" * 10**5))
+    assert [len(e["request" if "request" in e else "response"]) < 500 for e in logged] == [True] * 2

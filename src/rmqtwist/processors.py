@@ -25,6 +25,7 @@ from twisted.logger import Logger
 from twisted.plugin import IPlugin
 from zope.interface import implementer
 
+from rmqtwist._logsafe import clip_repr
 from rmqtwist._version import __version__
 from rmqtwist.codes import RequestCode, ResponseCode, code_name
 from rmqtwist.command import RemotingCommand
@@ -176,25 +177,26 @@ class RuntimeStatsProcessor:
 
 @implementer(IRPCHook)
 class LoggingHook:
-    """Logs every request and every response (at info level); changes nothing."""
+    """Logs every request and every response (at info level, each clipped to a few
+    hundred characters); changes nothing."""
 
     def before_request(self, remote_address: str, request: RemotingCommand) -> None:
         _log.info(
-            "{peer} -> {code}: {request!r}",
+            "{peer} -> {code}: {request}",
             peer=remote_address,
             code=code_name(request.code),
-            request=request,
+            request=clip_repr(request),
         )
 
     def after_response(
         self, remote_address: str, request: RemotingCommand, response: RemotingCommand
     ) -> None:
         _log.info(
-            "{peer} <- {code} for {request_code}: {response!r}",
+            "{peer} <- {code} for {request_code}: {response}",
             peer=remote_address,
             code=code_name(response.code, response=True),
             request_code=code_name(request.code),
-            response=response,
+            response=clip_repr(response),
         )
 
 

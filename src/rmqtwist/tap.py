@@ -48,6 +48,7 @@ from rmqtwist.server import (
     RemotingServer,
     RemotingServerFactory,
 )
+from rmqtwist.tls import ClientAuth, TLSMode, listen_endpoint, server_tls_options
 
 __all__ = [
     "DEFAULT_PORT",
@@ -264,6 +265,13 @@ class Options(usage.Options):
         self["broker-options-given"] = []
         self["topics"] = []
         self["name-server"] = []
+        self["tls-mode"] = None
+        self["tls-cert"] = None
+        self["tls-key"] = None
+        self["tls-ca"] = None
+        self["tls-client-auth"] = ClientAuth.NONE
+        self["proxy-protocol"] = False
+        self["acl-file"] = None
 
     def parseOptions(self, options: Sequence[str] | None = None) -> None:
         """Parse ``options``; under twist/twistd a usage error exits (see the module doc)."""
@@ -397,6 +405,55 @@ class Options(usage.Options):
 
     opt_p = opt_port
 
+    def opt_tls_mode(self, mode: str) -> None:
+        """disabled, permissive (TLS and plaintext on one port, told apart by the first
+        byte) or enforcing (TLS only: a plaintext connection is closed before any
+        request is read) [default: enforcing with --tls-cert, else disabled]."""
+        try:
+            self["tls-mode"] = TLSMode(mode.strip().lower())
+        except ValueError:
+            raise usage.UsageError(
+                f"--tls-mode must be disabled, permissive or enforcing, not {mode!r}"
+            ) from None
+
+    def opt_tls_cert(self, path: str) -> None:
+        """PEM file of the server's certificate chain (and its key, unless --tls-key),
+        for every --port/--listen endpoint."""
+        self["tls-cert"] = path
+
+    def opt_tls_key(self, path: str) -> None:
+        """PEM file of the server certificate's private key [default: in --tls-cert]."""
+        self["tls-key"] = path
+
+    def opt_tls_ca(self, path: str) -> None:
+        """PEM file of the CAs that sign client certificates (with --tls-client-auth)."""
+        self["tls-ca"] = path
+
+    def opt_tls_client_auth(self, mode: str) -> None:
+        """none, optional (a client certificate, if sent, must verify against --tls-ca)
+        or require (a client without one is refused) [default: none]."""
+        try:
+            self["tls-client-auth"] = ClientAuth(mode.strip().lower())
+        except ValueError:
+            raise usage.UsageError(
+                f"--tls-client-auth must be none, optional or require, not {mode!r}"
+            ) from None
+
+    def opt_proxy_protocol(self) -> None:
+        """Every connection starts with a PROXY protocol v1 or v2 header from a load
+        balancer (others are closed), and the client address in it is the one used for
+        limits, ACL white lists, hooks and logs. Only for ports just the load balancer
+        can reach."""
+        self["proxy-protocol"] = True
+
+    def opt_acl_file(self, path: str) -> None:
+        """Check every request against this ACL file in Apache's plain_acl.yml format
+        (re-read when it changes); refused requests get NO_PERMISSION (16)."""
+        if not path.strip():
+            raise usage.UsageError("--acl-file needs a file")
+        self["acl-file"] = path
+        self._broker_option("acl-file")
+
     def opt_listen(self, endpoint: str) -> None:
         """Listen on a Twisted endpoint (repeatable): tcp:10911, tcp:0:interface=127.0.0.1,
         tcp6:10911, unix:/run/rmq.sock, ssl:10912:privateKey=key.pem:certKey=cert.pem."""
@@ -515,6 +572,7 @@ class Options(usage.Options):
         elif self["all-interfaces"]:
             raise usage.UsageError("--all-interfaces applies to --port, not to --listen")
         _check_processors(self["processors"])
+        _check_tls(self)
         if self["processors"] and self["broker-options-given"]:
             given = ", ".join(f"--{name}" for name in self["broker-options-given"])
             raise usage.UsageError(
@@ -544,6 +602,30 @@ class Options(usage.Options):
         if echo_default and not any(stats_code in c.codes for c in choices):
             choices.append(DEFAULT_PROCESSORS[1])
         return choices
+
+
+def _check_tls(options: Options) -> None:
+    """Fill in the TLS mode and refuse TLS options that do not go together."""
+    mode = options["tls-mode"]
+    if mode is None:
+        mode = options["tls-mode"] = (
+            TLSMode.ENFORCING if options["tls-cert"] is not None else TLSMode.DISABLED
+        )
+    if mode is TLSMode.DISABLED:
+        for name in ("tls-cert", "tls-key", "tls-ca"):
+            if options[name] is not None:
+                raise usage.UsageError(f"--{name} is given but --tls-mode is disabled")
+        if options["tls-client-auth"] is not ClientAuth.NONE:
+            raise usage.UsageError("--tls-client-auth is given but --tls-mode is disabled")
+        return
+    if options["tls-cert"] is None:
+        raise usage.UsageError(f"--tls-mode {mode.value} needs --tls-cert")
+    if options["tls-client-auth"] is not ClientAuth.NONE and options["tls-ca"] is None:
+        raise usage.UsageError(
+            f"--tls-client-auth {options['tls-client-auth'].value} needs --tls-ca"
+        )
+    if options["tls-ca"] is not None and options["tls-client-auth"] is ClientAuth.NONE:
+        raise usage.UsageError("--tls-ca applies with --tls-client-auth optional or require")
 
 
 def _check_processors(choices: Iterable[ProcessorChoice]) -> None:
@@ -663,12 +745,25 @@ def _make_broker(options: Options, server_class: type[RemotingServer]) -> Broker
         shutdown_timeout=options["shutdown-timeout"],
         idle_timeout=options["idle-timeout"] or None,
         serialize_type=options["serialize-type"],
+        acl_file=_acl_file(options),
         **_limits(options),
     )
     for hook in hooks:
         service.factory.register_rpc_hook(hook)
-    _listen_all(service.server, options["listen"])
+    _listen_all(service.server, options)
     return service
+
+
+def _acl_file(options: Options) -> str | None:
+    path: str | None = options["acl-file"]
+    if path is not None:
+        from rmqtwist.acl import AclConfigError, load_acl_file
+
+        try:
+            load_acl_file(path)
+        except AclConfigError as e:
+            raise usage.UsageError(f"--acl-file {e}") from None
+    return path
 
 
 def _limits(options: Options) -> dict[str, Any]:
@@ -686,10 +781,31 @@ def _limits(options: Options) -> dict[str, Any]:
     }
 
 
-def _listen_all(server: RemotingServer, endpoints: Iterable[str]) -> None:
-    for endpoint in endpoints:
+def _listen_all(server: RemotingServer, options: Options) -> None:
+    """Listen on every --listen endpoint, behind PROXY headers and TLS when asked."""
+    tls_options = None
+    if options["tls-mode"] is not TLSMode.DISABLED:
         try:
-            server.listen(endpoint)
+            tls_options = server_tls_options(
+                options["tls-cert"],
+                options["tls-key"],
+                ca=options["tls-ca"],
+                client_auth=options["tls-client-auth"],
+            )
+        except ValueError as e:
+            raise usage.UsageError(f"--tls-cert: {e}") from None
+    for endpoint in options["listen"]:
+        try:
+            server.listen(
+                listen_endpoint(
+                    server.reactor,
+                    endpoint,
+                    proxy_protocol=options["proxy-protocol"],
+                    tls_mode=options["tls-mode"],
+                    tls_options=tls_options,
+                    clock=server.clock,
+                )
+            )
         except Exception as e:  # serverFromString: unknown type, bad arguments, no such file
             raise usage.UsageError(f"--listen {endpoint}: {type(e).__name__}: {e}") from None
 
@@ -718,5 +834,5 @@ def _make_service(options: Options, server_class: type[RemotingServer]) -> Remot
             raise usage.UsageError(f"--hook {plugin.name}: {e}") from None
         factory.register_rpc_hook(hook)
     server = server_class(factory, shutdown_timeout=options["shutdown-timeout"])
-    _listen_all(server, options["listen"])
+    _listen_all(server, options)
     return server

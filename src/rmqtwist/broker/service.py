@@ -17,6 +17,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from rmqtwist.acl import AclFile, AclServerHook
 from rmqtwist.broker.admin import AdminProcessor, RefusedProcessor
 from rmqtwist.broker.config import BrokerConfig
 from rmqtwist.broker.core import Broker
@@ -85,7 +86,9 @@ def install_broker(
 
 class BrokerService(Service):
     """The dev broker as a Twisted service: store, broker state, timers and the listening
-    remoting server (given, or made here listening on ``listen``)."""
+    remoting server (given, or made here listening on ``listen``). With ``acl_file`` (an
+    Apache ``plain_acl.yml``), every request, name-server ones included, is checked by
+    an :class:`~rmqtwist.acl.AclServerHook` (before any other hook)."""
 
     def __init__(
         self,
@@ -96,6 +99,7 @@ class BrokerService(Service):
         listen: Iterable[str] = ("tcp:10911:interface=127.0.0.1",),
         server_class: type[RemotingServer] = RemotingServer,
         shutdown_timeout: float = 30.0,
+        acl_file: str | None = None,
         **factory_options: Any,
     ) -> None:
         if reactor is None:
@@ -109,6 +113,12 @@ class BrokerService(Service):
         config = self.broker.config
         #: The brokers registered with this one's name-server role.
         self.registry = BrokerRegistry(reactor.seconds, config.broker_name, config.broker_expiry)
+        #: The ACL file every request is checked against (None: no ACL), read now
+        #: (AclConfigError for one that cannot be used) and again when it changes.
+        self.acl: AclFile | None = None
+        if acl_file is not None:
+            self.acl = AclFile(acl_file, reactor)
+            self.factory.register_rpc_hook(AclServerHook(self.acl))
         self.checker = install_broker(self.factory, self.broker, self.registry)
         #: Registers this broker with ``config.name_server`` once started (None: nowhere).
         self.registrar: BrokerRegistrar | None = None
@@ -165,6 +175,8 @@ class BrokerService(Service):
         self.broker.load()
         self.checker.load()
         self.delays.start()
+        if self.acl is not None:
+            self.acl.start()
         for interval, work in (
             (self.config.offset_flush_interval, self._save),
             (_CLIENT_SCAN_INTERVAL, self._expire_clients),
@@ -284,6 +296,8 @@ class BrokerService(Service):
             if loop.running:
                 loop.stop()
         self._loops.clear()
+        if self.acl is not None:
+            self.acl.stop()
         broker.pulls.release_all()
         try:
             await self.server.stopService()

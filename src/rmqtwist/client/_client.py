@@ -47,7 +47,8 @@ class RemotingClient(Registrar):
     Processors, hooks and listeners registered on it (``register_processor`` and the
     rest, as on a server) answer the requests servers push to the client.
     ``endpoint_factory(reactor, host, port, timeout)`` makes the endpoint to connect to
-    (default :func:`tcp_endpoint`; give one for TLS or UNIX sockets). ``random`` is the
+    (default :func:`tcp_endpoint`; give one for UNIX sockets); with ``config.tls`` its
+    endpoints are wrapped in TLS (:mod:`rmqtwist.tls`). ``random`` is the
     source of backoff jitter (a callable returning floats in [0, 1)).
     """
 
@@ -79,6 +80,10 @@ class RemotingClient(Registrar):
             close_on_timeout=config.close_on_timeout,
         )
         self._async_permits = self.dispatcher.async_permits
+        if config.tls:
+            from rmqtwist.tls import client_tls_endpoint_factory
+
+            endpoint_factory = client_tls_endpoint_factory(config, endpoint_factory)
         self._endpoint_factory = endpoint_factory
         self._random = random
         self._connections: dict[str, _ClientConnection] = {}

@@ -86,6 +86,18 @@ class ClientConfig:
     max_in_flight: int = 1000
     #: Threads for blocking processors of pushed requests.
     blocking_threads: int = 4
+    #: Connect with TLS (:mod:`rmqtwist.tls`); the server's certificate is verified.
+    tls: bool = False
+    #: PEM file of the CAs trusted to sign servers' certificates (None: the system's).
+    tls_ca: str | None = None
+    #: False turns off the check of the server's certificate and host name: anyone on the
+    #: way can then pretend to be the server. Only for self-signed dev setups.
+    tls_verify: bool = True
+    #: PEM file of a client certificate (and its key, or ``tls_key``), for servers that
+    #: ask for one (mutual TLS).
+    tls_cert: str | None = None
+    #: PEM file of the client certificate's private key (None: in ``tls_cert``).
+    tls_key: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("connect_timeout", "idle_sweep_interval", "name_server_probe_interval"):
@@ -102,5 +114,11 @@ class ClientConfig:
             raise ValueError("backoff_max must be >= backoff_initial")
         if self.breaker_threshold < 1:
             raise ValueError(f"breaker_threshold must be >= 1, got {self.breaker_threshold}")
+        if not self.tls and (
+            self.tls_ca is not None or self.tls_cert is not None or not self.tls_verify
+        ):
+            raise ValueError("tls_ca, tls_cert and tls_verify apply only with tls=True")
+        if self.tls_key is not None and self.tls_cert is None:
+            raise ValueError("tls_key needs tls_cert")
         if self.max_connections is not None and self.max_connections < 1:
             raise ValueError(f"max_connections must be >= 1 or None, got {self.max_connections}")

@@ -342,6 +342,14 @@ def test_past_the_buffer_budget_the_connections_holding_most_are_closed(
     assert budget.total == 0
 
 
+def test_a_budget_below_one_frame_is_warned_about(logged: list[Event]) -> None:
+    factory(max_frame_length=1000, max_buffered_bytes=999)
+    assert lines(logged, "is below max_frame_length")
+    logged.clear()
+    factory(max_frame_length=1000, max_buffered_bytes=1000)
+    assert not lines(logged, "is below max_frame_length")
+
+
 def test_buffer_budget_must_be_positive() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         BufferBudget(0, Clock())

@@ -155,6 +155,13 @@ class RemotingServerFactory(Registrar, LengthPrefixedFactory):
         self.frame_timeout = frame_timeout
         self.first_frame_timeout = first_frame_timeout
         self.max_unsent_bytes = max_unsent_bytes
+        if max_buffered_bytes is not None and max_buffered_bytes < max_frame_length:
+            _log.warn(
+                "max_buffered_bytes ({budget}) is below max_frame_length ({frame}): one "
+                "connection sending a frame that large will be closed for it",
+                budget=max_buffered_bytes,
+                frame=max_frame_length,
+            )
         #: The budget of unfinished-frame bytes all connections share (None: none).
         self.buffer_budget = (
             None

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
 
+from rmqtwist._logsafe import clip
 from rmqtwist.errors import BodyError
 from rmqtwist.message import tag_hash
 
@@ -166,9 +167,9 @@ def parse_heartbeat(data: Any) -> Heartbeat:
             except ValueError as e:
                 _log.warn(
                     "{client} subscribes to {topic} with a filter the broker cannot apply: {error}",
-                    client=client_id,
-                    topic=sub["topic"],
-                    error=e,
+                    client=clip(str(client_id)),
+                    topic=clip(str(sub["topic"])),
+                    error=clip(str(e)),
                 )
         consumers.append(
             _ConsumerData(

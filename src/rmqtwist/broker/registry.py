@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from rmqtwist._logsafe import clip
 from rmqtwist.broker._json import dumps
 from rmqtwist.broker.processors import BrokerProcessor, answer
 from rmqtwist.broker.topics import PERM_READ, PERM_WRITE, TopicConfig
@@ -643,7 +644,7 @@ class RegistryProcessor(BrokerProcessor):
             _log.error(
                 "REGISTER_BROKER from {peer} refused: {why}",
                 peer=context.channel.remote_address,
-                why=str(e),
+                why=clip(str(e)),
             )
             return answer(request, ResponseCode.SYSTEM_ERROR, str(e))
         response = RegisterBrokerResponseHeader(

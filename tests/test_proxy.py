@@ -227,3 +227,67 @@ def test_headers_are_well_formed(header: bytes) -> None:
     info, rest = parser.feed(header + b"tail")
     assert info is not None and info.source is not None
     assert (info.source.host, info.source.port, rest) == ("10.1.2.3", 9, b"tail")  # type: ignore[attr-defined]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_v2_local_header_keeps_the_balancer_address() -> None:
+    server = Server()
+    await server.start()
+    try:
+        local = b"\r\n\r\n\x00\r\nQUIT\n" + bytes([0x20, 0x00]) + struct.pack("!H", 0)
+        reply = await server.call(local + request())
+        assert reply is not None and (reply.remark or "").startswith("127.0.0.1:")
+    finally:
+        await server.server.stopService()
+
+
+def tls_exchange(port: int, header: bytes, ca: str) -> RemotingCommand:
+    import ssl
+
+    context = ssl.create_default_context(cafile=ca)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        raw.sendall(header)
+        with context.wrap_socket(raw, server_hostname="localhost") as tls:
+            tls.sendall(request())
+            decoder = FrameDecoder()
+            while True:
+                data = tls.recv(65536)
+                assert data
+                commands = list(decoder.feed(data))
+                if commands:
+                    return commands[0]
+
+
+@pytest_twisted.ensureDeferred
+async def test_tls_after_the_header(tmp_path: Any) -> None:
+    from rmqtwist.tls import TLSMode, server_tls_options
+    from tests.tls_certs import make_certificates
+
+    certs = make_certificates(tmp_path)
+    factory = RemotingServerFactory(reactor=reactor)
+    recorder = Recorder()
+    factory.register_default_processor(recorder)
+    endpoint = listen_endpoint(
+        reactor,
+        "tcp:0:interface=127.0.0.1",
+        proxy_protocol=True,
+        tls_mode=TLSMode.ENFORCING,
+        tls_options=server_tls_options(certs.server_cert, certs.server_key),
+    )
+    assert repr(endpoint) == "tls(enforcing):proxy:tcp:0:interface=127.0.0.1"
+    server = RemotingServer(factory, [endpoint], shutdown_timeout=0.2)
+    server.startService()
+    try:
+        (port,) = await server.when_listening()
+        reply = await deferToThread(
+            tls_exchange, port.getHost().port, v1("203.0.113.8", 4242), certs.ca
+        )
+        assert reply.remark == "203.0.113.8:4242"
+        # plaintext after the header is still refused on an enforcing port
+        assert (
+            await deferToThread(exchange, port.getHost().port, [v1("203.0.113.9", 1), request()])
+            is None
+        )
+        assert recorder.addresses == ["203.0.113.8:4242"]
+    finally:
+        await server.stopService()

@@ -139,6 +139,8 @@ class _ProxiedConnection(HAProxyProtocolWrapper):
 
 
 class _ProxyFactory(HAProxyWrappingFactory):
+    noisy = False  # the wrapped factory logs its own start and stop
+
     def __init__(self, wrapped: Factory, clock: IReactorTime, header_timeout: float | None) -> None:
         super().__init__(wrapped)  # type: ignore[no-untyped-call]
         self.clock = clock

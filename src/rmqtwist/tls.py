@@ -229,6 +229,8 @@ class _Sniffer(Protocol):
 
 
 class _SniffingFactory(Factory):
+    noisy = False  # the wrapped factory logs its own start and stop
+
     def __init__(
         self,
         wrapped: Factory,
@@ -247,6 +249,11 @@ class _SniffingFactory(Factory):
 
     def buildProtocol(self, addr: IAddress | None) -> Protocol:
         return _Sniffer(self, addr)
+
+    def logPrefix(self) -> str:
+        prefix = getattr(self.wrapped, "logPrefix", None)
+        name = prefix() if callable(prefix) else type(self.wrapped).__name__
+        return f"{name} (TLS {self.mode.value})"
 
     def refuse_plaintext(self, peer: IAddress) -> None:
         self.refused_plaintext += 1

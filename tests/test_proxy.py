@@ -11,7 +11,10 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
-from twisted.internet.endpoints import serverFromString
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, serverFromString
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from zope.interface import implementer
 
@@ -290,4 +293,59 @@ async def test_tls_after_the_header(tmp_path: Any) -> None:
         )
         assert recorder.addresses == ["203.0.113.8:4242"]
     finally:
+        await server.stopService()
+
+
+class Raw(Protocol):
+    """Sends a PROXY header and a request at once; remembers what comes back."""
+
+    def __init__(self, header: bytes) -> None:
+        self.header = header
+        self.received = b""
+        self.lost: Deferred[None] = Deferred()
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.write(self.header + request())
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.lost.callback(None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_per_address_limit_counts_real_addresses() -> None:
+    factory = RemotingServerFactory(reactor=reactor, max_connections_per_address=1)
+    factory.register_default_processor(Recorder())
+    endpoint = listen_endpoint(reactor, "tcp:0:interface=127.0.0.1", proxy_protocol=True)
+    server = RemotingServer(factory, [endpoint], shutdown_timeout=0.2)
+    server.startService()
+    opened: list[Raw] = []
+    try:
+        (port,) = await server.when_listening()
+        target = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+
+        async def open_from(source: str) -> Raw:
+            raw = Raw(v1(source, 1234))
+            opened.append(raw)
+            await connectProtocol(target, raw)
+            for _ in range(500):
+                if raw.received or raw.lost.called:
+                    break
+                await deferLater(reactor, 0.01, lambda: None)
+            return raw
+
+        # all come from 127.0.0.1, but from three clients as the balancer tells
+        first = await open_from("203.0.113.1")
+        second = await open_from("203.0.113.2")
+        assert first.received and second.received and not second.lost.called
+        again = await open_from("203.0.113.1")
+        assert again.lost.called and not again.received
+        assert factory.refused_connections == 1
+    finally:
+        for raw in opened:
+            if raw.transport is not None and not raw.lost.called:
+                raw.transport.loseConnection()
         await server.stopService()

@@ -412,6 +412,10 @@ def test_twist_options_reach_the_factory_and_zero_turns_them_off() -> None:
     assert limits["max_connections_per_address"] == 5
     made = RemotingServerFactory(reactor=Clock(), **limits)
     assert made.buffer_budget is not None and made.buffer_budget.limit == 1_000_000
+    options = Options()
+    options.parseOptions(["--max-header-length", "0", "--max-ext-fields", "0"])
+    assert _limits(options)["max_header_length"] is None
+    assert _limits(options)["max_ext_fields"] is None
     defaults = _limits(Options())
     assert defaults["frame_timeout"] == 10.0 and defaults["max_buffered_bytes"] == 256 << 20
 

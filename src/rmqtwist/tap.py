@@ -478,12 +478,13 @@ class Options(usage.Options):
 
     def opt_max_header_length(self, size: str) -> None:
         """Largest frame header accepted in bytes, refused from the frame's length words
-        before it is read (Java clients send under 1 KiB) [default: 262144]."""
+        before it is read (Java clients send under 1 KiB; 0: no limit but the frame's)
+        [default: 262144]."""
         self["max-header-length"] = _number("max-header-length", size, int, 0, (1 << 24) - 1)
 
     def opt_max_ext_fields(self, count: str) -> None:
-        """Most ext_fields entries accepted in one header (Java sends under 20)
-        [default: 1024]."""
+        """Most ext_fields entries accepted in one header (Java sends under 20; 0: no
+        limit) [default: 1024]."""
         self["max-ext-fields"] = _number("max-ext-fields", count, int, 0)
 
     def opt_frame_timeout(self, seconds: str) -> None:
@@ -771,8 +772,8 @@ def _limits(options: Options) -> dict[str, Any]:
     return {
         "max_connections": options["max-connections"],
         "max_frame_length": options["max-frame-length"],
-        "max_header_length": options["max-header-length"],
-        "max_ext_fields": options["max-ext-fields"],
+        "max_header_length": options["max-header-length"] or None,
+        "max_ext_fields": options["max-ext-fields"] or None,
         "frame_timeout": options["frame-timeout"] or None,
         "first_frame_timeout": options["first-frame-timeout"] or None,
         "max_unsent_bytes": options["max-unsent-bytes"] or None,

@@ -6,6 +6,8 @@ from __future__ import annotations
 import struct
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from rmqtwist import RemotingCommand, SerializeType
 from rmqtwist.codec import (
@@ -116,3 +118,35 @@ def test_max_commands_leaves_the_rest_as_bytes_for_a_later_feed() -> None:
     assert [c.code for c in decoder.feed(b"", 4)] == [4, 5, 6, 7]
     assert [c.code for c in decoder.feed(b"")] == [8, 9]
     assert decoder.buffered == 0
+
+
+@given(
+    count=st.integers(0, 80),
+    limit=st.integers(0, 60),
+    serialize_type=st.sampled_from([SerializeType.ROCKETMQ, SerializeType.JSON]),
+    split=st.integers(1, 64),
+)
+def test_the_ext_field_cap_holds_for_any_count_and_any_split(
+    count: int, limit: int, serialize_type: SerializeType, split: int
+) -> None:
+    frame = frame_with_fields(count, serialize_type)
+    decoder = FrameDecoder(max_ext_fields=limit)
+    chunks = [frame[i : i + split] for i in range(0, len(frame), split)]
+    if count > limit:
+        with pytest.raises(HeaderTooLarge):
+            for chunk in chunks:
+                decoder.feed(chunk)
+    else:
+        decoded = [c for chunk in chunks for c in decoder.feed(chunk)]
+        assert len(decoded[0].ext_fields or {}) == count
+
+
+@given(header_length=st.integers(0, (1 << 24) - 1), limit=st.integers(0, 1 << 20))
+def test_the_header_limit_is_decided_from_the_length_words(header_length: int, limit: int) -> None:
+    prefix = struct.pack(">ii", 4 + header_length + 10, (1 << 24) | header_length)
+    decoder = FrameDecoder(max_frame_length=1 << 30, max_header_length=limit)
+    if header_length > limit:
+        with pytest.raises(HeaderTooLarge):
+            decoder.feed(prefix)
+    else:
+        assert decoder.feed(prefix) == []

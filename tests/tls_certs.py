@@ -40,6 +40,10 @@ def _certificate(
     *,
     ca: bool = False,
     client: bool = False,
+    names: tuple[x509.GeneralName, ...] = (
+        x509.DNSName("localhost"),
+        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+    ),
 ) -> x509.Certificate:
     now = datetime.datetime.now(datetime.UTC)
     issuer_name, issuer_key = issuer if issuer is not None else (_name(subject), key)
@@ -70,9 +74,7 @@ def _certificate(
         )
     else:
         builder = builder.add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
+            x509.SubjectAlternativeName(list(names)),
             critical=False,
         ).add_extension(
             x509.ExtendedKeyUsage(
@@ -85,8 +87,8 @@ def _certificate(
 
 @dataclass(frozen=True)
 class Certificates:
-    """PEM files: a CA, a server and a client certificate it signed, and a self-signed
-    server certificate no CA vouches for."""
+    """PEM files: a CA, a server and a client certificate it signed, a self-signed
+    server certificate no CA vouches for, and one the CA signed for another host."""
 
     ca: str
     server_cert: str
@@ -95,6 +97,9 @@ class Certificates:
     client_key: str
     self_signed_cert: str
     self_signed_key: str
+    #: signed by the CA, but for another host (elsewhere.example) only
+    wrong_name_cert: str
+    wrong_name_key: str
 
 
 def make_certificates(directory: Path) -> Certificates:
@@ -108,6 +113,9 @@ def make_certificates(directory: Path) -> Certificates:
         _write(directory / name, _certificate(f"rmqtwist {name}", key, issuer, client=client), key)
     key = _key()
     _write(directory / "self-signed", _certificate("localhost", key, None), key)
+    key = _key()
+    elsewhere = (x509.DNSName("elsewhere.example"),)
+    _write(directory / "wrong-name", _certificate("elsewhere", key, issuer, names=elsewhere), key)
     return Certificates(
         ca=str(directory / "ca.pem"),
         server_cert=str(directory / "server.pem"),
@@ -116,4 +124,6 @@ def make_certificates(directory: Path) -> Certificates:
         client_key=str(directory / "client.key"),
         self_signed_cert=str(directory / "self-signed.pem"),
         self_signed_key=str(directory / "self-signed.key"),
+        wrong_name_cert=str(directory / "wrong-name.pem"),
+        wrong_name_key=str(directory / "wrong-name.key"),
     )

@@ -25,6 +25,7 @@ import enum
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from OpenSSL.SSL import Error as SSLError
 from twisted.internet import ssl
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IStreamClientEndpoint, IStreamServerEndpoint
@@ -52,6 +53,7 @@ __all__ = [
     "TLS_HANDSHAKE",
     "ClientAuth",
     "TLSClientEndpoint",
+    "TLSHandshakeError",
     "TLSMode",
     "TLSServerEndpoint",
     "client_tls_endpoint_factory",
@@ -352,6 +354,22 @@ def client_tls_options(
 EndpointFactory = Callable[[Any, str, int, float], "IStreamClientEndpoint"]
 
 
+class TLSHandshakeError(ConnectionError):
+    """The TLS handshake with a server failed (the message says why, as OpenSSL does:
+    ``certificate verify failed``, a missing client certificate...)."""
+
+
+def _tls_reason(failure: Failure) -> str:
+    error = failure.value
+    reasons: list[str] = []
+    details = error.args[0] if isinstance(error, SSLError) and error.args else None
+    if isinstance(details, list):
+        reasons = [str(item[-1]) for item in details if isinstance(item, tuple) and item]
+    if reasons:
+        return "TLS handshake failed: " + "; ".join(reasons)
+    return f"TLS handshake failed: {failure.getErrorMessage()}"
+
+
 class _HandshakeTLS(BufferingTLSTransport):
     """A client's TLS connection that tells when its handshake is done (or failed)."""
 
@@ -371,7 +389,10 @@ class _HandshakeTLS(BufferingTLSTransport):
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # type: ignore[no-untyped-call]  # noqa: B008
         if not self.handshake_done.called:
-            self.handshake_done.errback(reason)
+            # The TLS layer keeps the handshake's error and passes it to the wrapped
+            # protocol; the transport's own reason is only "closed cleanly".
+            why = getattr(self, "_reason", None) or reason
+            self.handshake_done.errback(Failure(TLSHandshakeError(_tls_reason(why))))  # type: ignore[no-untyped-call]
         super().connectionLost(reason)
 
 

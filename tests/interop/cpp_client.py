@@ -66,6 +66,9 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import IO, Any, NoReturn
 
 PROG = "cpp_client"
+#: With these set, ``produce`` signs its requests (ACL 1.0) with this access/secret key.
+ACCESS_KEY_ENV = "RMQTWIST_CPP_ACCESS_KEY"
+SECRET_KEY_ENV = "RMQTWIST_CPP_SECRET_KEY"
 
 #: Properties read from every delivered message (the C API cannot list a message's own).
 KNOWN_PROPERTIES = (
@@ -266,6 +269,9 @@ def produce(args: argparse.Namespace, out: Output) -> int:
     specs = list(read_specs(sys.stdin))
     producer = Producer(args.group, timeout=args.send_timeout_ms)
     producer.set_namesrv_addr(args.namesrv)
+    access_key = os.environ.get(ACCESS_KEY_ENV)
+    if access_key:  # ACL: the client signs every request (kept off the command line)
+        producer.set_session_credentials(access_key, os.environ.get(SECRET_KEY_ENV, ""), "")
     producer.start()
     sent = 0
     try:

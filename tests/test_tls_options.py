@@ -105,3 +105,22 @@ async def test_a_tls_only_dev_broker(certs: Certificates) -> None:
         await secure.close()
         await plain.close()
         await service.stopService()
+
+
+def test_the_first_frame_timeout_bounds_the_wait_for_a_header_or_first_byte(
+    certs: Certificates,
+) -> None:
+    from rmqtwist.proxy import ProxyProtocolEndpoint
+    from rmqtwist.tls import TLSServerEndpoint
+
+    tls = ["--tls-cert", certs.server_cert, "--tls-key", certs.server_key]
+    for args, expected in (([], 10.0), (["--first-frame-timeout", "3"], 3.0),
+                           (["--first-frame-timeout", "0"], None)):  # fmt: skip
+        service = makeService(parse("--port", "0", "--proxy-protocol", *tls, *args))
+        assert isinstance(service, BrokerService)
+        (listener,) = service.server._listeners
+        endpoint = listener.endpoint
+        assert isinstance(endpoint, TLSServerEndpoint)
+        assert endpoint.sniff_timeout == expected
+        assert isinstance(endpoint.wrapped, ProxyProtocolEndpoint)
+        assert endpoint.wrapped.header_timeout == expected

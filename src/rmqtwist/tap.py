@@ -805,6 +805,7 @@ def _listen_all(server: RemotingServer, options: Options) -> None:
                     tls_mode=options["tls-mode"],
                     tls_options=tls_options,
                     clock=server.clock,
+                    first_byte_timeout=options["first-frame-timeout"] or None,
                 )
             )
         except Exception as e:  # serverFromString: unknown type, bad arguments, no such file

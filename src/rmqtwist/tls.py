@@ -457,11 +457,14 @@ def listen_endpoint(
     tls_mode: TLSMode = TLSMode.DISABLED,
     tls_options: Any = None,
     clock: IReactorTime | None = None,
+    first_byte_timeout: float | None = _DEFAULT_SNIFF_TIMEOUT,
 ) -> str | IStreamServerEndpoint:
     """The endpoint to listen on for the endpoint string ``description``: behind PROXY
     headers (:class:`~rmqtwist.proxy.ProxyProtocolEndpoint`) with ``proxy_protocol`` or
     a ``haproxy:`` prefix, and then TLS in ``tls_mode`` with ``tls_options``; the string
-    itself when neither applies."""
+    itself when neither applies. A connection that has not sent its PROXY header, or
+    (TLS) its first byte, ``first_byte_timeout`` seconds after connecting is closed
+    (None: no limit)."""
     if description.startswith("haproxy:"):
         description = description[len("haproxy:") :]
         proxy_protocol = True
@@ -474,12 +477,19 @@ def listen_endpoint(
     endpoint: IStreamServerEndpoint = serverFromString(reactor, description)  # type: ignore[no-untyped-call]
     shown = description
     if proxy_protocol:
-        endpoint = ProxyProtocolEndpoint(endpoint, clock=clock, description=description)
+        endpoint = ProxyProtocolEndpoint(
+            endpoint, clock=clock, header_timeout=first_byte_timeout, description=description
+        )
         shown = repr(endpoint)
     if tls_mode is not TLSMode.DISABLED:
         if tls_options is None:
             raise ValueError(f"TLS mode {tls_mode.value} needs TLS options (a certificate)")
         endpoint = TLSServerEndpoint(
-            endpoint, tls_options, tls_mode, clock=clock, description=shown
+            endpoint,
+            tls_options,
+            tls_mode,
+            clock=clock,
+            sniff_timeout=first_byte_timeout,
+            description=shown,
         )
     return endpoint

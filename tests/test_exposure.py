@@ -208,6 +208,7 @@ def test_responses_to_nothing_log_one_clipped_line_per_peer_and_interval(
     protocol, _ = connect(made)
     late = RemotingCommand(code=0, opaque=99, flag=1, remark="r" * 100_000)
     protocol.dataReceived(encode_frame(late) * 200)
+    clock.advance(0)  # past 128 in a read, the rest waits for the next reactor turn
     (event,) = lines(logged, "matches no pending request")
     assert len(event["response"]) < 500 and event["dropped"] == 0
     clock.advance(10)  # type: ignore[attr-defined]
@@ -444,3 +445,36 @@ def test_the_logging_hook_clips_what_it_logs(logged: list[Event]) -> None:
     hook.before_request("10.0.0.2:1", request)
     hook.after_response("10.0.0.2:1", request, RemotingCommand.response_to(request, 0, "x" * 10**5))
     assert [len(e["request" if "request" in e else "response"]) < 500 for e in logged] == [True] * 2
+
+
+def test_a_flooding_connection_yields_its_turn_to_the_others() -> None:
+    made = factory(max_commands_per_turn=128)
+    clock: Clock = made.dispatcher.clock  # type: ignore[assignment]
+    flood, flood_transport = connect(made, Socket(port=1))
+    polite, polite_transport = connect(made, Socket(port=2))
+    flood.dataReceived(frames(1000))  # one read of 1000 requests
+    answered = len(FrameDecoder().feed(flood_transport.value()))
+    assert 128 <= answered <= 192  # its share, then the rest waits
+    assert flood_transport.producerState == "paused"
+    polite.dataReceived(frames(1))
+    assert len(FrameDecoder().feed(polite_transport.value())) == 1  # served at once
+    clock.advance(0)  # (Clock runs the turns scheduled meanwhile too; a reactor would not)
+    assert not (flood.held_bytes or flood.held_commands)
+    assert [c.opaque for c in FrameDecoder().feed(flood_transport.value())] == list(range(1000))
+    assert flood_transport.producerState == "producing"
+
+
+def test_a_turn_ending_while_the_buffer_is_full_leaves_the_rest_to_the_drain() -> None:
+    made = factory(max_commands_per_turn=128)
+    clock: Clock = made.dispatcher.clock  # type: ignore[assignment]
+    protocol, transport = connect(made, Socket(high_water=20_000))
+    protocol.dataReceived(frames(1000))  # the turn ends before the buffer fills
+    clock.advance(0)  # the next turn fills it
+    opaques: list[int] = []
+    for _ in range(200):
+        opaques += [c.opaque for c in transport.drain()]
+        clock.advance(0)
+        if not (protocol.held_bytes or protocol.held_commands or transport.value()):
+            break
+    assert opaques == list(range(1000))
+    assert transport.producerState == "producing" and not transport.aborted

@@ -49,6 +49,7 @@ __all__ = [
     "DEFAULT_FIRST_FRAME_TIMEOUT",
     "DEFAULT_FRAME_TIMEOUT",
     "DEFAULT_MAX_BUFFERED_BYTES",
+    "DEFAULT_MAX_COMMANDS_PER_TURN",
     "DEFAULT_MAX_UNSENT_BYTES",
     "Refused",
     "RemotingServer",
@@ -62,6 +63,8 @@ DEFAULT_FIRST_FRAME_TIMEOUT = 10.0
 #: Bytes written to a connection whose write buffer is full before it is closed (two
 #: frames of the default frame limit).
 DEFAULT_MAX_UNSENT_BYTES = 32 * 1024 * 1024
+#: Requests handled from one connection's read before the others get their turn.
+DEFAULT_MAX_COMMANDS_PER_TURN = 128
 #: Bytes of unfinished frames all connections of a server may hold together.
 DEFAULT_MAX_BUFFERED_BYTES = 256 * 1024 * 1024
 
@@ -108,7 +111,10 @@ class RemotingServerFactory(Registrar, LengthPrefixedFactory):
     ``frame_timeout`` seconds for a frame to arrive whole once begun, and
     ``first_frame_timeout`` for the first one after connecting; ``max_unsent_bytes``
     written to a peer that does not read; ``max_buffered_bytes`` of unfinished frames
-    over all connections (past it the connections holding the most are closed).
+    over all connections (past it the connections holding the most are closed); and
+    ``max_commands_per_turn`` requests handled from one read before the other
+    connections get their turn (so that a flood on one connection delays the others
+    by a little).
     None turns a limit off.
     """
 
@@ -127,6 +133,7 @@ class RemotingServerFactory(Registrar, LengthPrefixedFactory):
         max_unsent_bytes: int | None = DEFAULT_MAX_UNSENT_BYTES,
         max_buffered_bytes: int | None = DEFAULT_MAX_BUFFERED_BYTES,
         max_connections_per_address: int | None = None,
+        max_commands_per_turn: int | None = DEFAULT_MAX_COMMANDS_PER_TURN,
         **dispatcher_options: Any,
     ) -> None:
         super().__init__(
@@ -146,6 +153,7 @@ class RemotingServerFactory(Registrar, LengthPrefixedFactory):
             ("first_frame_timeout", first_frame_timeout),
             ("max_unsent_bytes", max_unsent_bytes),
             ("max_connections_per_address", max_connections_per_address),
+            ("max_commands_per_turn", max_commands_per_turn),
         ):
             if value is not None and not value > 0:
                 raise ValueError(f"{name} must be positive (or None: no limit), got {value!r}")
@@ -155,6 +163,7 @@ class RemotingServerFactory(Registrar, LengthPrefixedFactory):
         self.frame_timeout = frame_timeout
         self.first_frame_timeout = first_frame_timeout
         self.max_unsent_bytes = max_unsent_bytes
+        self.max_commands_per_turn = max_commands_per_turn
         if max_buffered_bytes is not None and max_buffered_bytes < max_frame_length:
             _log.warn(
                 "max_buffered_bytes ({budget}) is below max_frame_length ({frame}): one "
@@ -203,6 +212,7 @@ class RemotingServerFactory(Registrar, LengthPrefixedFactory):
             protocol.frame_timeout = self.frame_timeout
             protocol.first_frame_timeout = self.first_frame_timeout
             protocol.max_unsent_bytes = self.max_unsent_bytes
+            protocol.max_commands_per_turn = self.max_commands_per_turn
             protocol.buffer_budget = self.buffer_budget
         return protocol
 

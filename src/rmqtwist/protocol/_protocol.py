@@ -57,6 +57,9 @@ class RemotingProtocol(_Outgoing, _Incoming, LengthPrefixed, TimeoutMixin):
     #: Most bytes written while the write buffer is past its high-water mark; past it the
     #: connection is aborted (None: no limit). The factory sets these three.
     max_unsent_bytes: int | None = None
+    #: Most requests handled from one read (or one drain) before the other connections
+    #: get their turn: the rest waits for the next reactor turn (None: no limit).
+    max_commands_per_turn: int | None = None
 
     def __init__(self) -> None:
         self.channel_id = f"ch{next(_channel_ids)}"
@@ -93,6 +96,10 @@ class RemotingProtocol(_Outgoing, _Incoming, LengthPrefixed, TimeoutMixin):
         # the deadline of the frame being received (or of the first frame)
         self._frame_timer: IDelayedCall | None = None
         self._got_frames = False
+        # fairness: requests handled in this turn, and whether we gave the turn away
+        self._turn = 0
+        self._yielding = False
+        self._turn_call: IDelayedCall | None = None
 
     # -- connection lifecycle ---------------------------------------------------------
 
@@ -129,6 +136,9 @@ class RemotingProtocol(_Outgoing, _Incoming, LengthPrefixed, TimeoutMixin):
         self.is_writable = False
         self.setTimeout(None)  # type: ignore[no-untyped-call]
         self._cancel_frame_timer()
+        turn_call, self._turn_call = self._turn_call, None
+        if turn_call is not None and turn_call.active():
+            turn_call.cancel()
         super().connectionLost(reason)
         dispatcher = self.dispatcher
         dispatcher.connections.discard(self)
@@ -227,6 +237,11 @@ class RemotingProtocol(_Outgoing, _Incoming, LengthPrefixed, TimeoutMixin):
 
     def frames_received(self, count: int) -> None:
         self._got_frames = True
+        limit = self.max_commands_per_turn
+        if limit is not None:
+            self._turn += count
+            if self._turn > limit and not self._yielding:
+                self._yield_turn()
 
     def _cancel_frame_timer(self) -> None:
         timer, self._frame_timer = self._frame_timer, None
@@ -340,14 +355,40 @@ class RemotingProtocol(_Outgoing, _Incoming, LengthPrefixed, TimeoutMixin):
             waiters, self._writable_waiters = self._writable_waiters, []
             for waiter in waiters:
                 waiter.callback(None)
+        self._turn = 0
+        if not self._yielding:  # else the end of the turn does this
+            self._resume_input()
+
+    def _resume_input(self) -> None:
+        """Handle what was held, then read again, unless that fills the write buffer
+        or uses up the turn again."""
         self.release_commands()
-        if self._write_paused:  # what was held filled the buffer again
+        if self._write_paused or self._yielding:
             return
         if self.is_connected and (self._got_frames or self.frame_timeout is not None):
             self._check_frame_deadline()
         if self._paused_reading and self.transport is not None:
             self._paused_reading = False
             self.transport.resumeProducing()  # type: ignore[attr-defined]
+
+    # -- fairness: a turn of at most max_commands_per_turn requests, then the others' --
+
+    def _yield_turn(self) -> None:
+        """This connection has had its share of this reactor turn: hold the rest of
+        what it sent, stop reading it, and carry on in the next turn."""
+        self._yielding = True
+        self.hold_commands()
+        if not self._paused_reading and self.transport is not None:
+            self._paused_reading = True
+            self.transport.pauseProducing()  # type: ignore[attr-defined]
+        self._turn_call = self.dispatcher.clock.callLater(0, self._end_turn)
+
+    def _end_turn(self) -> None:
+        self._turn_call = None
+        self._yielding = False
+        self._turn = 0
+        if self.is_connected and not self._write_paused:  # else resumeProducing does it
+            self._resume_input()
 
     def _release_held_permits(self) -> None:
         held, self._held_permits = self._held_permits, []
@@ -360,6 +401,7 @@ class RemotingProtocol(_Outgoing, _Incoming, LengthPrefixed, TimeoutMixin):
     # -- bytes in and out -------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
+        self._turn = 0
         self.activity += 1
         if self.timeOut is not None:
             self.resetTimeout()  # type: ignore[no-untyped-call]

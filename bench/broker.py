@@ -951,7 +951,7 @@ class Bench:
     def fill(self, server: ServerProcess, topic: str, body: int) -> None:
         """Store --backlog messages of ``body`` bytes in ``topic`` (raw sends, 4 processes)."""
         count = self.args.backlog
-        kw = {"in_flight": 64, "count": count, "body_size": body, "warm": 0}
+        kw = {"in_flight": 64, "count": count, "body_size": body, "warm": 100}
         specs = self.specs(server, "send", topic, 4, **kw)
         with self.loads(specs) as (loads, _):
             for load in loads:

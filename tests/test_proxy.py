@@ -101,7 +101,10 @@ def exchange(port: int, pieces: list[bytes]) -> RemotingCommand | None:
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         for piece in pieces:
-            sock.sendall(piece)
+            try:
+                sock.sendall(piece)
+            except (BrokenPipeError, ConnectionResetError):
+                return None  # the server closed it before we were done writing
         decoder = FrameDecoder()
         while True:
             try:

@@ -18,6 +18,7 @@ from rmqtwist.consumer._base import (
     restore_retry_topic,
     retry_topic,
 )
+from rmqtwist.consumer._lite import PullConsumer
 
 __all__ = [
     "RETRY_PREFIX",
@@ -25,6 +26,7 @@ __all__ = [
     "ConsumerClosedError",
     "ConsumerData",
     "ConsumerError",
+    "PullConsumer",
     "PullResult",
     "PullStatus",
     "Subscription",

@@ -19,16 +19,28 @@ from rmqtwist.consumer._base import (
     retry_topic,
 )
 from rmqtwist.consumer._lite import PullConsumer
+from rmqtwist.consumer._push import (
+    ConsumeFrom,
+    ConsumeResult,
+    Listener,
+    MessageModel,
+    PushConsumer,
+)
 
 __all__ = [
     "RETRY_PREFIX",
     "BrokerAnswerError",
+    "ConsumeFrom",
+    "ConsumeResult",
     "ConsumerClosedError",
     "ConsumerData",
     "ConsumerError",
+    "Listener",
+    "MessageModel",
     "PullConsumer",
     "PullResult",
     "PullStatus",
+    "PushConsumer",
     "Subscription",
     "allocate_averagely",
     "parse_expression",

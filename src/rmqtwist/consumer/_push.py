@@ -1,0 +1,851 @@
+"""The :class:`PushConsumer`: long-polling pulls per queue, a listener called for each
+message, offsets committed up to the lowest unfinished message (see :mod:`rmqtwist.consumer`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import inspect
+import os
+import weakref
+from collections.abc import Callable, Iterable
+from typing import Any, Final, Union
+
+from twisted.internet.defer import (
+    Deferred,
+    DeferredList,
+    DeferredSemaphore,
+    ensureDeferred,
+    succeed,
+)
+from twisted.internet.task import LoopingCall, deferLater
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from rmqtwist.client import RemotingClient
+from rmqtwist.codes import RequestCode, ResponseCode
+from rmqtwist.command import RemotingCommand
+from rmqtwist.consumer._base import (
+    ConsumerData,
+    ConsumerError,
+    PullStatus,
+    Subscription,
+    allocate_averagely,
+    consumer_ids,
+    heartbeat_request,
+    lock_queues,
+    max_offset,
+    pull,
+    retry_topic,
+    search_offset,
+    send_back,
+    unlock_queues,
+    unregister_request,
+    update_offset,
+)
+from rmqtwist.consumer._process_queue import LocalOffsets, ProcessQueue
+from rmqtwist.headers import (
+    NotifyConsumerIdsChangedRequestHeader,
+    QueryConsumerOffsetRequestHeader,
+    QueryConsumerOffsetResponseHeader,
+)
+from rmqtwist.interfaces import IRequestContext, IRequestProcessor
+from rmqtwist.message import MessageExt
+from rmqtwist.routing import MessageQueue, RouteTable, TopicRoute, split_addresses
+
+_log = Logger()
+
+#: Seconds a pull waits before trying again after an error (Java's 3 s).
+PULL_ERROR_BACKOFF: Final = 3.0
+#: Seconds a queue past its cache caps waits before looking again (Java's 50 ms).
+FLOW_CONTROL_PAUSE: Final = 0.05
+#: Seconds before a message whose send-back failed is consumed again locally.
+SEND_BACK_RETRY: Final = 5.0
+#: How long the broker holds a pull with nothing to give, and the pull's timeout.
+PULL_SUSPEND: Final = 15.0
+PULL_TIMEOUT: Final = 30.0
+
+
+class MessageModel(enum.Enum):
+    """Whether a group shares its queues (CLUSTERING) or every member reads all of them."""
+
+    CLUSTERING = "CLUSTERING"
+    BROADCASTING = "BROADCASTING"
+
+
+class ConsumeFrom(enum.Enum):
+    """Where a group with no committed offset of a queue starts."""
+
+    FIRST = "CONSUME_FROM_FIRST_OFFSET"
+    LAST = "CONSUME_FROM_LAST_OFFSET"
+    TIMESTAMP = "CONSUME_FROM_TIMESTAMP"
+
+
+class ConsumeResult(enum.Enum):
+    """What a listener may return besides None/True (consumed) and False (retry)."""
+
+    SUCCESS = "SUCCESS"
+    RETRY = "RETRY"
+    #: Orderly only: try the same message again after ``suspend_time``, no send-back.
+    SUSPEND = "SUSPEND"
+
+
+ListenerResult = Union[None, bool, ConsumeResult]  # noqa: UP007 (a runtime alias)
+#: The listener: a plain function, a coroutine function or one returning a Deferred.
+Listener = Callable[[MessageExt], Any]
+
+
+@implementer(IRequestProcessor)
+class _NotifyRouter:
+    """The NOTIFY_CONSUMER_IDS_CHANGED (40) processor of one client: tells the push
+    consumers of the group named to rebalance soon."""
+
+    def __init__(self) -> None:
+        self.consumers: dict[str, weakref.WeakSet[PushConsumer]] = {}
+
+    def process_request(self, context: IRequestContext, request: RemotingCommand) -> None:
+        try:
+            group = NotifyConsumerIdsChangedRequestHeader.from_command(request).consumer_group
+        except Exception as error:
+            _log.info("Ignoring an unreadable NOTIFY_CONSUMER_IDS_CHANGED: {error}", error=error)
+            return None
+        for consumer in list(self.consumers.get(group, ())):
+            consumer._request_rebalance(0.1)
+        return None
+
+    def reject_request(self) -> bool:
+        return False
+
+
+_ROUTERS: weakref.WeakKeyDictionary[RemotingClient, _NotifyRouter] = weakref.WeakKeyDictionary()
+
+
+def _router(client: RemotingClient) -> _NotifyRouter:
+    router = _ROUTERS.get(client)
+    if router is None:
+        router = _ROUTERS[client] = _NotifyRouter()
+        client.register_processor(RequestCode.NOTIFY_CONSUMER_IDS_CHANGED, router)
+    return router
+
+
+async def _query_offset(
+    client: RemotingClient, address: str, group: str, queue: MessageQueue
+) -> int | None:
+    """QUERY_CONSUMER_OFFSET (14) with setZeroIfNotFound=false, as Java 5 asks: a group
+    new to a queue gets QUERY_NOT_FOUND (None), so ``consume_from`` decides where it
+    starts. (A 4.x broker ignores the field and answers 0 for a queue whose first
+    message it still holds, which is what Java 4.9's consumers see.)"""
+    header = QueryConsumerOffsetRequestHeader(
+        consumer_group=group,
+        topic=queue.topic,
+        queue_id=queue.queue_id,
+        set_zero_if_not_found=False,
+    )
+    request = header.to_request(RequestCode.QUERY_CONSUMER_OFFSET)
+    response = await client.invoke(address, request, 3.0)
+    if response.code == ResponseCode.QUERY_NOT_FOUND:
+        return None
+    if response.code != ResponseCode.SUCCESS:
+        raise ConsumerError(
+            f"query the offset of {queue}: code {response.code} {response.remark or ''}"
+        )
+    return QueryConsumerOffsetResponseHeader.from_command(response).offset
+
+
+class PushConsumer:
+    """Consumes the topics it subscribes to for consumer ``group``, calling ``listener``
+    with each :class:`~rmqtwist.message.MessageExt`.
+
+    The listener is a plain function, a coroutine function or returns a Deferred; None,
+    True or :attr:`ConsumeResult.SUCCESS` mean consumed; False,
+    :attr:`ConsumeResult.RETRY` or an exception mean retry (see the how-to). ``client``
+    is a :class:`~rmqtwist.client.RemotingClient` to share (not closed by
+    :meth:`shutdown`).
+    """
+
+    def __init__(
+        self,
+        group: str,
+        name_servers: str | Iterable[str],
+        listener: Listener | None = None,
+        *,
+        reactor: Any = None,
+        client: RemotingClient | None = None,
+        model: MessageModel = MessageModel.CLUSTERING,
+        orderly: bool = False,
+        consume_from: ConsumeFrom = ConsumeFrom.LAST,
+        consume_timestamp: float | None = None,
+        concurrency: int = 20,
+        pull_batch_size: int = 32,
+        max_cached_messages: int = 1000,
+        max_cached_bytes: int = 100 * 1024 * 1024,
+        max_reconsume_times: int = 16,
+        rebalance_interval: float = 20.0,
+        persist_interval: float = 5.0,
+        heartbeat_interval: float = 30.0,
+        route_refresh: float = 30.0,
+        suspend_time: float = 1.0,
+        lock_interval: float = 20.0,
+        client_id: str | None = None,
+        offset_dir: str | None = None,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
+        self.group = group
+        self.name_servers = split_addresses(name_servers)
+        if not self.name_servers:
+            raise ValueError("a consumer needs at least one name server address")
+        if concurrency < 1 or pull_batch_size < 1 or max_cached_messages < 1:
+            raise ValueError("concurrency, pull_batch_size and max_cached_messages must be >= 1")
+        self.listener = listener
+        self.reactor = reactor
+        self._own_client = client is None
+        self.client = client if client is not None else RemotingClient(reactor)
+        self.model = model
+        self.orderly = orderly
+        self.consume_from = consume_from
+        if consume_timestamp is None:
+            consume_timestamp = reactor.seconds() - 30 * 60
+        self.consume_timestamp = consume_timestamp
+        self.concurrency = concurrency
+        self.pull_batch_size = pull_batch_size
+        self.max_cached_messages = max_cached_messages
+        self.max_cached_bytes = max_cached_bytes
+        self.max_reconsume_times = max_reconsume_times
+        self.rebalance_interval = rebalance_interval
+        self.persist_interval = persist_interval
+        self.heartbeat_interval = heartbeat_interval
+        self.route_refresh = route_refresh
+        self.suspend_time = suspend_time
+        self.lock_interval = lock_interval
+        self.client_id = client_id or f"127.0.0.1@{os.getpid()}#{id(self)}"
+        self.routes = RouteTable(self.client, self.name_servers)
+        self._subscriptions: dict[str, Subscription] = {}
+        self._queues: dict[MessageQueue, ProcessQueue] = {}
+        self._offsets: dict[MessageQueue, int] = {}  # what to commit
+        self._persisted: dict[MessageQueue, int] = {}  # what was committed
+        self._local = (
+            LocalOffsets(group, offset_dir) if model is MessageModel.BROADCASTING else None
+        )
+        self._slots = DeferredSemaphore(concurrency)
+        self._inflight = 0
+        self._loops: list[LoopingCall] = []
+        self._rebalance_call: Any = None
+        self._rebalancing = False
+        self._rebalance_again = False
+        self._rebalance_waiters: list[Deferred[None]] = []
+        self._running = False
+        self._stopping = False
+        self._stopped: list[Deferred[None]] | None = None  # waiters once shutdown began
+        self._stop_done = False
+
+    # -- subscriptions ----------------------------------------------------------------
+
+    @property
+    def clustering(self) -> bool:
+        return self.model is MessageModel.CLUSTERING
+
+    def subscribe(self, topic: str, expression: str = "*") -> None:
+        """Take ``topic``'s messages matching ``expression`` (``"A || B"`` or ``"*"``);
+        after :meth:`start` the queues follow at the next heartbeat and rebalance."""
+        now_ms = int(self.reactor.seconds() * 1000)
+        self._subscriptions[topic] = Subscription(topic, expression, now_ms)
+        if self._running:
+            ensureDeferred(self._resubscribed()).addErrback(self._log_failure, "subscribe")
+
+    def unsubscribe(self, topic: str) -> None:
+        """Stop taking ``topic``: its queues are dropped (offsets committed) at once."""
+        self._subscriptions.pop(topic, None)
+        if self._running:
+            ensureDeferred(self._resubscribed()).addErrback(self._log_failure, "unsubscribe")
+
+    async def _resubscribed(self) -> None:
+        await self._fetch_routes()
+        await self._heartbeat_all()
+        self._request_rebalance(0)
+
+    def _all_subscriptions(self) -> dict[str, Subscription]:
+        subscriptions = dict(self._subscriptions)
+        if self.clustering and subscriptions:
+            retry = retry_topic(self.group)
+            subscriptions.setdefault(retry, Subscription(retry, "*"))
+        return subscriptions
+
+    @property
+    def assigned_queues(self) -> frozenset[MessageQueue]:
+        """The queues this consumer pulls now."""
+        return frozenset(self._queues)
+
+    # -- life cycle -------------------------------------------------------------------
+
+    def start(self) -> Deferred[None]:
+        """Heartbeat to the brokers of the subscribed topics' routes, take this member's
+        queues, and start the timers; fires once the first rebalance is done."""
+        if self._running or self._stopped is not None:
+            return succeed(None)
+        if self.listener is None:
+            raise ValueError("a PushConsumer needs a listener before start()")
+        self._running = True
+        return ensureDeferred(self._start())
+
+    async def _start(self) -> None:
+        _router(self.client).consumers.setdefault(self.group, weakref.WeakSet()).add(self)
+        await self._fetch_routes()
+        await self._heartbeat_all()
+        await self._rebalance_now()
+        timers: list[tuple[float, Callable[[], Any]]] = [
+            (self.rebalance_interval, lambda: self._request_rebalance(0)),
+            (self.persist_interval, lambda: self._persist(wait=False)),
+            (self.heartbeat_interval, self._heartbeat_all),
+            (self.route_refresh, self._refresh_routes),
+        ]
+        if self.orderly and self.clustering:
+            timers.append((self.lock_interval, self._renew_locks))
+        for interval, function in timers:
+            loop = LoopingCall(lambda f=function: ensureDeferred(self._guarded(f)))
+            loop.clock = self.reactor
+            loop.start(interval, now=False)
+            self._loops.append(loop)
+
+    async def _guarded(self, function: Callable[[], Any]) -> None:
+        try:
+            result = function()
+            if isinstance(result, Deferred) or inspect.isawaitable(result):
+                await result
+        except Exception as error:
+            _log.warn("Consumer {group} timer task failed: {error}", group=self.group, error=error)
+
+    def shutdown(self, timeout: float = 30.0) -> Deferred[None]:
+        """Stop pulling, wait (up to ``timeout`` s) for the listener calls running, commit
+        the offsets, unlock (orderly), unregister from the brokers, close our client."""
+        done: Deferred[None] = Deferred()
+        if self._stop_done or (self._stopped is None and not self._running):
+            self._stop_done = True
+            return succeed(None)
+        if self._stopped is not None:
+            self._stopped.append(done)
+            return done
+        self._stopped = [done]
+
+        def finish(_: object) -> None:
+            self._stop_done = True
+            waiters, self._stopped = self._stopped or [], []
+            for waiter in waiters:
+                waiter.callback(None)
+
+        ensureDeferred(self._shutdown(timeout)).addErrback(self._log_failure, "shutdown").addBoth(
+            finish
+        )
+        return done
+
+    async def _shutdown(self, timeout: float) -> None:
+        self._stopping = True
+        self._running = False
+        for loop in self._loops:
+            if loop.running:
+                loop.stop()
+        self._loops.clear()
+        if self._rebalance_call is not None and self._rebalance_call.active():
+            self._rebalance_call.cancel()
+        deadline = self.reactor.seconds() + timeout
+        while self._inflight and self.reactor.seconds() < deadline:
+            await self._sleep(0.02)
+        if self._inflight:
+            _log.warn(
+                "Consumer {group} stopped with {n} listener calls still running",
+                group=self.group,
+                n=self._inflight,
+            )
+        await self._rebalance_finished()
+        queues = list(self._queues)
+        for queue in queues:
+            self._queues[queue].dropped = True
+        await self._persist(queues, wait=True)
+        if self.orderly and self.clustering:
+            await self._unlock([q for q in queues if self._queues[q].locked])
+        self._queues.clear()
+        router = _ROUTERS.get(self.client)
+        if router is not None and self.group in router.consumers:
+            router.consumers[self.group].discard(self)
+        request = unregister_request(self.client_id, consumer_group=self.group)
+        await DeferredList(
+            [self.client.invoke(a, request, 3.0) for a in self._broker_addresses()],
+            consumeErrors=True,
+        )
+        if self._own_client:
+            # Held long polls are abandoned: their answers no longer matter.
+            await self.client.close(timeout=0)
+
+    # -- helpers ----------------------------------------------------------------------
+
+    def _sleep(self, seconds: float) -> Deferred[None]:
+        return deferLater(self.reactor, seconds, lambda: None)
+
+    def _log_failure(self, failure: Any, what: str) -> None:
+        _log.warn(
+            "Consumer {group}: {what} failed: {error}",
+            group=self.group,
+            what=what,
+            error=failure.value,
+        )
+
+    def _address(self, queue: MessageQueue) -> str | None:
+        route = self.routes.cached(queue.topic)
+        return route.address(queue.broker_name) if route is not None else None
+
+    def _broker_addresses(self) -> list[str]:
+        return sorted({a for ids in self.routes.brokers().values() for a in ids.values()})
+
+    async def _fetch_routes(self) -> None:
+        for topic in self._all_subscriptions():
+            try:
+                await self.routes.route(topic)
+            except Exception as error:
+                _log.info("No route for {topic} yet: {error}", topic=topic, error=error)
+
+    async def _refresh_routes(self) -> None:
+        for topic in self._all_subscriptions():
+            try:
+                await self.routes.route(topic, refresh=True)
+            except Exception as error:
+                _log.info("Route refresh of {topic} failed: {error}", topic=topic, error=error)
+
+    def _consumer_data(self) -> ConsumerData:
+        return ConsumerData(
+            group=self.group,
+            consume_type="CONSUME_PASSIVELY",
+            message_model=self.model.value,
+            consume_from_where=self.consume_from.value,
+            subscriptions=tuple(self._all_subscriptions().values()),
+        )
+
+    async def _heartbeat_all(self) -> None:
+        request = heartbeat_request(self.client_id, [self._consumer_data()])
+        results = await DeferredList(
+            [self.client.invoke(a, request, 3.0) for a in self._broker_addresses()],
+            consumeErrors=True,
+        )
+        for ok, outcome in results:
+            if not ok:
+                _log.info("Heartbeat failed: {error}", error=getattr(outcome, "value", outcome))
+
+    # -- rebalance --------------------------------------------------------------------
+
+    def _request_rebalance(self, delay: float) -> None:
+        """Rebalance after ``delay`` s (once, however often asked meanwhile)."""
+        if not self._running or self._stopping:
+            return
+        if self._rebalance_call is not None and self._rebalance_call.active():
+            return
+        self._rebalance_call = self.reactor.callLater(
+            delay, lambda: self._rebalance_now().addErrback(self._log_failure, "rebalance")
+        )
+
+    def _rebalance_now(self) -> Deferred[None]:
+        """Rebalance now (or once more after the one running); fires when done. A failed
+        rebalance is logged: the next one tries again."""
+        if self._rebalancing:
+            self._rebalance_again = True
+            return self._rebalance_finished()
+
+        async def run() -> None:
+            try:
+                while True:
+                    self._rebalance_again = False
+                    await self._rebalance()
+                    if not self._rebalance_again or self._stopping:
+                        break
+            except Exception as error:
+                _log.warn("Rebalance of {group} failed: {error}", group=self.group, error=error)
+            finally:
+                self._rebalancing = False
+                waiters, self._rebalance_waiters = self._rebalance_waiters, []
+                for waiter in waiters:
+                    waiter.callback(None)
+
+        self._rebalancing = True
+        finished = self._rebalance_finished()
+        ensureDeferred(run())
+        return finished
+
+    def _rebalance_finished(self) -> Deferred[None]:
+        """Fires once the rebalance running now (and any rerun it was asked for) ends."""
+        if not self._rebalancing:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._rebalance_waiters.append(waiter)
+        return waiter
+
+    async def _rebalance(self) -> None:
+        subscriptions = self._all_subscriptions()
+        for topic, subscription in subscriptions.items():
+            if self._stopping:
+                return
+            try:
+                route = await self.routes.route(topic)
+            except Exception as error:
+                _log.info("Rebalance of {topic}: no route: {error}", topic=topic, error=error)
+                continue
+            mine = await self._allocate(route)
+            if mine is not None:
+                await self._update_queues(topic, subscription, mine)
+        for queue in [q for q in self._queues if q.topic not in subscriptions]:
+            await self._drop(queue)
+
+    async def _allocate(self, route: TopicRoute) -> set[MessageQueue] | None:
+        queues = route.read_queues
+        if not self.clustering:
+            return set(queues)
+        addresses = [a for a in (route.address(n) for n in sorted(route.brokers)) if a]
+        for address in addresses:
+            try:
+                ids = await consumer_ids(self.client, address, self.group)
+            except Exception as error:
+                _log.info(
+                    "Consumer list of {group} from {address} failed: {error}",
+                    group=self.group,
+                    address=address,
+                    error=error,
+                )
+                continue
+            return set(allocate_averagely(queues, ids, self.client_id))
+        return None
+
+    async def _update_queues(
+        self, topic: str, subscription: Subscription, mine: set[MessageQueue]
+    ) -> None:
+        current = {q for q in self._queues if q.topic == topic}
+        for queue in sorted(current - mine):
+            await self._drop(queue)
+        added = sorted(mine - current)
+        if self.orderly and self.clustering and added:
+            added = sorted(await self._lock(added))
+        for queue in added:
+            if self._stopping:
+                return
+            try:
+                offset = await self._initial_offset(queue)
+            except Exception as error:
+                _log.warn("Cannot find where to start {queue}: {error}", queue=queue, error=error)
+                continue
+            if self._stopping:
+                return
+            if queue in self._queues:
+                continue
+            process_queue = ProcessQueue(queue, offset)
+            process_queue.locked = True
+            self._queues[queue] = process_queue
+            self._offsets[queue] = offset
+            _log.info(
+                "Consumer {group} takes {queue} from offset {offset}",
+                group=self.group,
+                queue=queue,
+                offset=offset,
+            )
+            ensureDeferred(self._pull_loop(process_queue, subscription)).addErrback(
+                self._log_failure, f"pulling {queue}"
+            )
+
+    async def _drop(self, queue: MessageQueue) -> None:
+        """Stop pulling ``queue`` and commit its offset before another member takes it."""
+        process_queue = self._queues.pop(queue, None)
+        if process_queue is None:
+            return
+        process_queue.dropped = True
+        _log.info("Consumer {group} drops {queue}", group=self.group, queue=queue)
+        await self._persist([queue], wait=True)
+        self._offsets.pop(queue, None)
+        self._persisted.pop(queue, None)
+        if self.orderly and self.clustering and process_queue.locked:
+            await self._unlock([queue])
+
+    async def _initial_offset(self, queue: MessageQueue) -> int:
+        """The committed offset, else where ``consume_from`` says (Java's rules)."""
+        address = self._address(queue)
+        if address is None:
+            raise ConsumerError(f"no broker address for {queue}")
+        if self._local is not None:
+            local = self._local.get(queue)
+            if local is not None:
+                return local
+        else:
+            committed = await _query_offset(self.client, address, self.group, queue)
+            if committed is not None and committed >= 0:
+                self._persisted[queue] = committed
+                return committed
+        retrying = queue.topic == retry_topic(self.group)
+        if self.consume_from is ConsumeFrom.FIRST or (
+            retrying and self.consume_from is ConsumeFrom.LAST
+        ):
+            return 0
+        if self.consume_from is ConsumeFrom.LAST or retrying:
+            return await max_offset(self.client, address, queue)
+        return await search_offset(self.client, address, queue, int(self.consume_timestamp * 1000))
+
+    # -- locks (orderly clustering) ---------------------------------------------------
+
+    def _by_broker(self, queues: Iterable[MessageQueue]) -> dict[str, list[MessageQueue]]:
+        grouped: dict[str, list[MessageQueue]] = {}
+        for queue in queues:
+            address = self._address(queue)
+            if address is not None:
+                grouped.setdefault(address, []).append(queue)
+        return grouped
+
+    async def _lock(self, queues: Iterable[MessageQueue]) -> set[MessageQueue]:
+        granted: set[MessageQueue] = set()
+        for address, batch in self._by_broker(queues).items():
+            try:
+                granted |= await lock_queues(
+                    self.client, address, self.group, self.client_id, batch
+                )
+            except Exception as error:
+                _log.info("Lock at {address} failed: {error}", address=address, error=error)
+        return granted
+
+    async def _unlock(self, queues: Iterable[MessageQueue]) -> None:
+        for address, batch in self._by_broker(queues).items():
+            try:
+                await unlock_queues(self.client, address, self.group, self.client_id, batch)
+            except Exception as error:
+                _log.info("Unlock at {address} failed: {error}", address=address, error=error)
+
+    async def _renew_locks(self) -> None:
+        held = list(self._queues)
+        granted = await self._lock(held)
+        for queue in held:
+            process_queue = self._queues.get(queue)
+            if process_queue is None:
+                continue
+            was = process_queue.locked
+            process_queue.locked = queue in granted
+            if process_queue.locked and not was:
+                self._kick_orderly(process_queue)
+
+    # -- pulling ----------------------------------------------------------------------
+
+    async def _pull_loop(self, pq: ProcessQueue, subscription: Subscription) -> None:
+        queue = pq.queue
+        while not pq.dropped and not self._stopping:
+            room = min(
+                self.max_cached_messages - pq.cached_messages,
+                self.pull_batch_size,
+            )
+            if room <= 0 or pq.cached_bytes >= self.max_cached_bytes:
+                await self._sleep(FLOW_CONTROL_PAUSE)
+                continue
+            address = self._address(queue)
+            if address is None:
+                await self._sleep(PULL_ERROR_BACKOFF)
+                continue
+            commit = self._offsets.get(queue, 0) if self.clustering else 0
+            try:
+                result = await pull(
+                    self.client,
+                    address,
+                    self.group,
+                    queue,
+                    pq.next_offset,
+                    subscription=subscription,
+                    max_nums=room,
+                    commit_offset=commit,
+                    suspend=PULL_SUSPEND,
+                    timeout=PULL_TIMEOUT,
+                )
+            except Exception as error:
+                if pq.dropped or self._stopping:
+                    return
+                _log.info("Pull of {queue} failed: {error}", queue=queue, error=error)
+                await self._sleep(PULL_ERROR_BACKOFF)
+                continue
+            if pq.dropped or self._stopping:
+                return
+            if result.status is PullStatus.OFFSET_ILLEGAL:
+                _log.warn(
+                    "Offset {offset} of {queue} is illegal; going on from {next}",
+                    offset=pq.next_offset,
+                    queue=queue,
+                    next=result.next_begin_offset,
+                )
+                pq.next_offset = result.next_begin_offset
+                if pq.cached_messages == 0:
+                    self._offsets[queue] = result.next_begin_offset
+                    await self._persist([queue], wait=False)
+                continue
+            pq.next_offset = result.next_begin_offset
+            fresh = pq.add(result.messages)
+            pq.advance(result.next_begin_offset)
+            if pq.cached_messages == 0:
+                # Nothing (or nothing matching the tags) to consume: move the offset on.
+                self._offsets[queue] = result.next_begin_offset
+            if self.orderly:
+                self._kick_orderly(pq)
+            else:
+                for message in fresh:
+                    ensureDeferred(self._consume_one(pq, message)).addErrback(
+                        self._log_failure, "consuming"
+                    )
+
+    # -- consuming --------------------------------------------------------------------
+
+    async def _call_listener(self, message: MessageExt) -> ConsumeResult:
+        assert self.listener is not None
+        try:
+            result: Any = self.listener(message)
+            if isinstance(result, Deferred) or inspect.isawaitable(result):
+                result = await result
+        except Exception as error:
+            _log.warn(
+                "Listener of {group} raised on {msg_id}: {kind}: {error}",
+                group=self.group,
+                msg_id=message.msg_id,
+                kind=type(error).__name__,
+                error=error,
+            )
+            return ConsumeResult.RETRY
+        if result is None or result is True:
+            return ConsumeResult.SUCCESS
+        if result is False:
+            return ConsumeResult.RETRY
+        if isinstance(result, ConsumeResult):
+            return result
+        _log.warn(
+            "Listener of {group} returned {result!r}; taken as RETRY",
+            group=self.group,
+            result=result,
+        )
+        return ConsumeResult.RETRY
+
+    async def _listen(self, pq: ProcessQueue, message: MessageExt) -> ConsumeResult | None:
+        """Call the listener within the concurrency cap; None when the queue was dropped
+        or the consumer stops before its turn came."""
+        await self._slots.acquire()
+        try:
+            if pq.dropped or self._stopping:
+                return None
+            self._inflight += 1
+            try:
+                return await self._call_listener(message)
+            finally:
+                self._inflight -= 1
+        finally:
+            self._slots.release()
+
+    def _done(self, pq: ProcessQueue, message: MessageExt) -> None:
+        offset = pq.remove(message)
+        if offset is not None and not pq.dropped and self._queues.get(pq.queue) is pq:
+            self._offsets[pq.queue] = offset
+
+    async def _consume_one(self, pq: ProcessQueue, message: MessageExt) -> None:
+        while True:
+            result = await self._listen(pq, message)
+            if result is None:
+                return
+            if result is not ConsumeResult.RETRY and result is not ConsumeResult.SUSPEND:
+                break
+            if not self.clustering:
+                _log.warn(
+                    "Broadcasting consumer {group} drops failed message {msg_id}",
+                    group=self.group,
+                    msg_id=message.msg_id,
+                )
+                break
+            if await self._send_back(pq.queue, message, 0):
+                break
+            await self._sleep(SEND_BACK_RETRY)
+            message = dataclasses.replace(message, reconsume_times=message.reconsume_times + 1)
+        self._done(pq, message)
+
+    async def _send_back(self, queue: MessageQueue, message: MessageExt, level: int) -> bool:
+        address = self._address(queue)
+        try:
+            if address is None:
+                raise ConsumerError(f"no broker address for {queue}")
+            await send_back(
+                self.client, address, self.group, message, level, self.max_reconsume_times
+            )
+        except Exception as error:
+            _log.warn(
+                "Send-back of {msg_id} failed ({error}); consuming it again locally",
+                msg_id=message.msg_id,
+                error=error,
+            )
+            return False
+        return True
+
+    def _kick_orderly(self, pq: ProcessQueue) -> None:
+        if not pq.consuming and pq.locked:
+            ensureDeferred(self._consume_orderly(pq)).addErrback(self._log_failure, "consuming")
+
+    async def _consume_orderly(self, pq: ProcessQueue) -> None:
+        pq.consuming = True
+        try:
+            while pq.locked and not pq.dropped and not self._stopping:
+                message = pq.first()
+                if message is None:
+                    return
+                attempts = 0
+                while True:
+                    result = await self._listen(pq, message)
+                    if result is None:
+                        return
+                    if result is ConsumeResult.SUCCESS:
+                        break
+                    attempts += 1
+                    if attempts > self.max_reconsume_times and self.clustering:
+                        # Past the limit: to the dead-letter queue, and the queue goes on.
+                        if await self._send_back(pq.queue, message, -1):
+                            break
+                    elif attempts > self.max_reconsume_times:
+                        _log.warn(
+                            "Broadcasting consumer {group} drops failed message {msg_id}",
+                            group=self.group,
+                            msg_id=message.msg_id,
+                        )
+                        break
+                    await self._sleep(self.suspend_time)
+                    if pq.dropped or self._stopping:
+                        return
+                    message = dataclasses.replace(
+                        message, reconsume_times=message.reconsume_times + 1
+                    )
+                self._done(pq, message)
+        finally:
+            pq.consuming = False
+
+    # -- offsets ----------------------------------------------------------------------
+
+    async def _persist(
+        self, queues: Iterable[MessageQueue] | None = None, *, wait: bool = False
+    ) -> None:
+        chosen = list(self._offsets) if queues is None else list(queues)
+        changed = {
+            q: self._offsets[q]
+            for q in chosen
+            if q in self._offsets and self._persisted.get(q) != self._offsets[q]
+        }
+        if not changed:
+            return
+        if self._local is not None:
+            self._local.save(changed)
+            self._persisted.update(changed)
+            return
+        for queue, offset in changed.items():
+            address = self._address(queue)
+            if address is None:
+                continue
+            try:
+                await update_offset(
+                    self.client, address, self.group, queue, offset, oneway=not wait
+                )
+            except Exception as error:
+                _log.info(
+                    "Commit of {queue} at {offset} failed: {error}",
+                    queue=queue,
+                    offset=offset,
+                    error=error,
+                )
+                continue
+            self._persisted[queue] = offset

@@ -1,0 +1,116 @@
+"""``PushConsumer`` pieces without a broker: the in-flight offsets of a queue, the local
+offsets file, the listener's results, the life cycle's edges (Clock, no network)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+from twisted.internet.defer import succeed
+from twisted.internet.task import Clock
+
+from rmqtwist.consumer import ConsumeResult, MessageModel, PushConsumer
+from rmqtwist.consumer._process_queue import LocalOffsets, ProcessQueue
+from rmqtwist.message import MessageExt
+from rmqtwist.routing import MessageQueue
+
+Q = MessageQueue("T", "b", 0)
+
+
+def message(offset: int, body: bytes = b"x") -> MessageExt:
+    return MessageExt("T", body, queue_offset=offset)
+
+
+def test_commit_offset_is_the_lowest_unfinished_message() -> None:
+    pq = ProcessQueue(Q, 0)
+    assert pq.commit_offset() is None
+    messages = [message(i, b"abc") for i in range(5)]
+    assert pq.add(messages) == messages
+    assert pq.add(messages[:2]) == []  # already held
+    assert (pq.cached_messages, pq.cached_bytes) == (5, 15)
+    assert pq.remove(messages[3]) == 0
+    assert pq.remove(messages[0]) == 1
+    assert pq.remove(messages[1]) == 2
+    assert pq.first() == messages[2]
+    assert pq.remove(messages[2]) == 4
+    assert pq.remove(messages[4]) == 5
+    assert (pq.cached_messages, pq.cached_bytes) == (0, 0)
+    pq.advance(9)  # a pull skipped 5..8 (other tags)
+    assert pq.commit_offset() == 9
+
+
+def test_local_offsets_file_round_trip(tmp_path: Path) -> None:
+    offsets = LocalOffsets("G", str(tmp_path))
+    offsets.save({Q: 7})
+    assert LocalOffsets("G", str(tmp_path)).get(Q) == 7
+    assert LocalOffsets("other", str(tmp_path)).get(Q) is None
+    (tmp_path / "G.json").write_text("not json")
+    assert LocalOffsets("G", str(tmp_path)).get(Q) is None
+    assert LocalOffsets("G", None).get(Q) is None
+
+
+@pytest.mark.parametrize(
+    ("returned", "expected"),
+    [
+        (None, ConsumeResult.SUCCESS),
+        (True, ConsumeResult.SUCCESS),
+        (False, ConsumeResult.RETRY),
+        (ConsumeResult.SUSPEND, ConsumeResult.SUSPEND),
+        ("odd", ConsumeResult.RETRY),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_listener_results(returned: object, expected: ConsumeResult) -> None:
+    for listener in (
+        lambda m: returned,
+        lambda m: succeed(returned),
+    ):
+        consumer = PushConsumer("G", "127.0.0.1:1", listener, reactor=Clock())
+        assert await consumer._call_listener(message(0)) is expected
+
+    async def coroutine(m: MessageExt) -> object:
+        return returned
+
+    consumer = PushConsumer("G", "127.0.0.1:1", coroutine, reactor=Clock())
+    assert await consumer._call_listener(message(0)) is expected
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_listener_that_raises_means_retry() -> None:
+    def listener(m: MessageExt) -> None:
+        raise RuntimeError("boom")
+
+    consumer = PushConsumer("G", "127.0.0.1:1", listener, reactor=Clock())
+    assert await consumer._call_listener(message(0)) is ConsumeResult.RETRY
+
+
+def test_edges_of_the_life_cycle() -> None:
+    with pytest.raises(ValueError):
+        PushConsumer("G", [], print)
+    with pytest.raises(ValueError):
+        PushConsumer("G", "127.0.0.1:1", print, concurrency=0)
+    with pytest.raises(ValueError):
+        PushConsumer("G", "127.0.0.1:1", reactor=Clock()).start()
+    consumer = PushConsumer("G", "127.0.0.1:1", print, reactor=Clock())
+    fired: list[object] = []
+    consumer.shutdown().addCallback(fired.append)  # never started: fine, fires at once
+    consumer.shutdown().addCallback(fired.append)
+    assert fired == [None, None]
+
+
+def test_retry_topic_only_in_clustering() -> None:
+    clustering = PushConsumer("G", "127.0.0.1:1", print, reactor=Clock())
+    clustering.subscribe("T", "A || B")
+    assert set(clustering._all_subscriptions()) == {"T", "%RETRY%G"}
+    data = clustering._consumer_data().to_json()
+    assert data["consumeType"] == "CONSUME_PASSIVELY"
+    assert data["messageModel"] == "CLUSTERING"
+    assert {s["topic"] for s in data["subscriptionDataSet"]} == {"T", "%RETRY%G"}
+    broadcasting = PushConsumer(
+        "G", "127.0.0.1:1", print, reactor=Clock(), model=MessageModel.BROADCASTING
+    )
+    broadcasting.subscribe("T")
+    assert set(broadcasting._all_subscriptions()) == {"T"}
+    broadcasting.unsubscribe("T")
+    assert broadcasting._all_subscriptions() == {}

@@ -14,6 +14,10 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
+import rmqtwist.consumer
+
 SRC = Path(__file__).resolve().parent.parent / "src"
 TIMEOUT = 90.0
 
@@ -171,5 +175,105 @@ def test_refused_in_the_reactor_thread() -> None:
         assert "use Producer there" in errors[3], errors
         assert producer.send(Message("Orders", b"ok")).status is SendStatus.SEND_OK
         producer.shutdown()
+        """
+    )
+
+
+CONSUMER_PRELUDE = """
+from rmqtwist.blocking import BlockingConsumer
+from rmqtwist.consumer import ConsumeFrom, ConsumerClosedError
+
+with BlockingProducer("blocking_test", ADDRESS) as producer:
+    for n in range(10):
+        producer.send(Message("Orders", b"m%d" % n, tags="A" if n % 2 else "B"))
+ALL = sorted(b"m%d" % n for n in range(10))
+"""
+
+
+#: The consumer tests wait for ``rmqtwist.consumer`` to export PullConsumer (issue 13:
+#: the lite pull consumer lands separately).
+needs_pull_consumer = pytest.mark.skipif(
+    not all(hasattr(rmqtwist.consumer, name) for name in ("PullConsumer", "ConsumeFrom")),
+    reason="rmqtwist.consumer does not export PullConsumer yet",
+)
+
+
+def run_consumer_script(body: str) -> None:
+    run_script(CONSUMER_PRELUDE + textwrap.dedent(body))
+
+
+@needs_pull_consumer
+def test_consumer_reads_every_message_and_commits() -> None:
+    run_consumer_script(
+        """
+        with BlockingConsumer("g1", ADDRESS, "Orders", consume_from=ConsumeFrom.FIRST) as c:
+            assert len(c.assignment()) == 4, c.assignment()
+            got = [m.body for m in c.messages(timeout=2)]
+            assert sorted(got) == ALL, got
+            assert all(m.topic == "Orders" for m in c.poll(0.1)) is True
+        committed = BROKER.offsets("g1")["Orders"]
+        assert sum(committed.values()) == 10, committed
+
+        # the group has read everything: a new member gets nothing
+        started = time.monotonic()
+        with BlockingConsumer("g1", ADDRESS, "Orders", consume_from=ConsumeFrom.FIRST) as c:
+            assert list(c.messages(timeout=1)) == []
+        assert time.monotonic() - started < 30
+
+        # a tag expression
+        with BlockingConsumer("g2", ADDRESS, "Orders", "A", consume_from=ConsumeFrom.FIRST) as c:
+            got = sorted(m.body for m in c.messages(timeout=2))
+        assert got == [b"m1", b"m3", b"m5", b"m7", b"m9"], got
+        """
+    )
+
+
+@needs_pull_consumer
+def test_max_messages_break_and_poll_limits_leave_nothing_behind() -> None:
+    run_consumer_script(
+        """
+        consumer = BlockingConsumer(
+            "g3", ADDRESS, "Orders", consume_from=ConsumeFrom.FIRST, auto_commit=False
+        )
+        first = [m.body for m in consumer.messages(timeout=2, max_messages=3)]
+        assert len(first) == 3, first
+        for message in consumer.messages(timeout=2):
+            second = message.body
+            break  # nothing fetched is left behind
+        two = [m.body for m in consumer.poll(2, max_messages=2)]
+        assert len(two) == 2, two
+        rest = [m.body for m in consumer.messages(timeout=2)]
+        assert sorted(first + [second] + two + rest) == ALL, (first, second, two, rest)
+        raises(ValueError, consumer.poll, 1, max_messages=0)
+        assert consumer.poll(0.2) == []
+        consumer.commit()
+        queues = sorted(consumer.assignment())
+        assert sum(consumer.committed(q) or 0 for q in queues) == 10
+        raises(ValueError, lambda: list(consumer.messages(timeout=-1)))
+        consumer.shutdown()
+        raises(ConsumerClosedError, consumer.poll, 0.1)
+        """
+    )
+
+
+@needs_pull_consumer
+def test_consumer_refused_in_the_reactor_thread() -> None:
+    run_consumer_script(
+        """
+        consumer = BlockingConsumer("g4", ADDRESS, "Orders")
+
+        @crochet.wait_for(timeout=10)
+        def in_reactor():
+            errors = []
+            for call in (lambda: consumer.poll(0.1), consumer.commit, consumer.shutdown):
+                try:
+                    call()
+                except RuntimeError as e:
+                    errors.append(str(e))
+            return errors
+
+        errors = in_reactor()
+        assert len(errors) == 3 and all("BlockingConsumer.consumer" in e for e in errors), errors
+        consumer.shutdown()
         """
     )

@@ -10,11 +10,14 @@ Twisted's log to the standard :mod:`logging` module); every call is handed to th
 thread and waited for::
 
     from rmqtwist.blocking import BlockingConsumer, BlockingProducer
+    from rmqtwist.consumer import ConsumeFrom
     from rmqtwist.message import Message
 
-    with BlockingProducer("app", "127.0.0.1:9876") as producer:
+    with BlockingProducer("shop", "127.0.0.1:9876") as producer:
         producer.send(Message("Orders", b"order-1"))
-    with BlockingConsumer("billing", "127.0.0.1:9876", "Orders") as consumer:
+    with BlockingConsumer(
+        "billing", "127.0.0.1:9876", "Orders", consume_from=ConsumeFrom.FIRST
+    ) as consumer:
         for message in consumer.messages(timeout=5):
             print(message.body)
 
@@ -30,11 +33,13 @@ asynchronous object underneath (``.client``, ``.producer``, ``.consumer``) there
 """
 
 from rmqtwist.blocking._client import REACTOR_TIMEOUT, WAIT_MARGIN, BlockingClient
+from rmqtwist.blocking._consumer import BlockingConsumer
 from rmqtwist.blocking._producer import BlockingProducer
 
 __all__ = [
     "REACTOR_TIMEOUT",
     "WAIT_MARGIN",
     "BlockingClient",
+    "BlockingConsumer",
     "BlockingProducer",
 ]

@@ -642,11 +642,19 @@ RMQTWIST_CLIENT_SCRIPT = INTEROP_DIR / "rmqtwist_client.py"
 class RmqtwistDriver(Driver):
     """rmqtwist's Producer and PushConsumer (or PullConsumer) through rmqtwist_client.py,
     with the command line of the other two drivers; ``rebalance_ms`` sets the consumer's
-    rebalance interval, as for ali-ons."""
+    rebalance interval, as for ali-ons.
+
+    With no ``from_where``, its consumers start from the first offset: the scenarios
+    expect a new group to read a young queue from offset 0, which ali-ons and the C++
+    client get from the 4.x rule (QUERY_CONSUMER_OFFSET answers 0 there); rmqtwist asks
+    as Java 5 does (setZeroIfNotFound=false), is told the group has no offset, and a
+    CONSUME_FROM_LAST_OFFSET group then starts at the end of the queue."""
 
     def _consume_args(self, *args: Any) -> list[str]:
         command = super()._consume_args(*args)
-        rebalance_ms = args[-1]
+        from_where, rebalance_ms = args[9], args[11]
+        if from_where is None:
+            command += ["--from", "first"]
         if rebalance_ms is not None:
             command += ["--rebalance-ms", str(rebalance_ms)]
         return command

@@ -10,8 +10,9 @@ user properties, message ids, queue order), and the other way round.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -122,3 +123,139 @@ def test_rmqtwist_spreads_over_two_brokers_and_the_others_read_both(
     to both; ali-ons or the C++ client reads every message from both, as sent."""
     consumer: Driver = request.getfixturevalue(f"{reader}_driver")
     two_brokers._spread_and_read(rmqtwist_driver, consumer, start_broker)
+
+
+# -- the others send, rmqtwist reads ---------------------------------------------------
+
+
+def test_rmqtwist_reads_what_ali_ons_sent(
+    broker: RunningBroker, ons_driver: Driver, rmqtwist_driver: Driver
+) -> None:
+    cases.produce_and_consume_exactly(ons_driver, rmqtwist_driver, broker)
+
+
+def test_rmqtwist_reads_what_cpp_sent(
+    broker: RunningBroker, cpp_driver: Driver, rmqtwist_driver: Driver
+) -> None:
+    cases.produce_and_consume_exactly(cpp_driver, rmqtwist_driver, broker)
+
+
+def test_rmqtwist_pull_consumer_reads_what_ali_ons_sent(
+    broker: RunningBroker, ons_driver: Driver, rmqtwist_pull_driver: Driver
+) -> None:
+    cases.produce_and_consume_exactly(ons_driver, rmqtwist_pull_driver, broker)
+
+
+def test_rmqtwist_pull_consumer_reads_what_cpp_sent(
+    broker: RunningBroker, cpp_driver: Driver, rmqtwist_pull_driver: Driver
+) -> None:
+    cases.produce_and_consume_exactly(cpp_driver, rmqtwist_pull_driver, broker)
+
+
+def test_rmqtwist_retries_what_ali_ons_sent(
+    broker: RunningBroker, ons_driver: Driver, rmqtwist_driver: Driver
+) -> None:
+    cases.failed_message_comes_back_through_retry(rmqtwist_driver, ons_driver, broker)
+
+
+def test_rmqtwist_retries_a_message_whose_listener_raised(
+    broker: RunningBroker, cpp_driver: Driver, rmqtwist_driver: Driver
+) -> None:
+    cases.failed_message_comes_back_through_retry(
+        rmqtwist_driver, cpp_driver, broker, fail_mode="throw"
+    )
+
+
+def test_rmqtwist_gets_ali_ons_delayed_message_after_its_level(
+    broker: RunningBroker, ons_driver: Driver, rmqtwist_driver: Driver
+) -> None:
+    cases.delayed_message_waits_for_its_level(rmqtwist_driver, ons_driver, broker)
+
+
+def test_rmqtwist_consumers_split_what_ali_ons_sent_then_one_takes_all(
+    broker: RunningBroker, ons_driver: Driver, rmqtwist_driver: Driver
+) -> None:
+    cases.two_consumers_split_then_one_takes_all(rmqtwist_driver, ons_driver, broker)
+
+
+# -- rmqtwist on both sides --------------------------------------------------------------
+
+
+def test_rmqtwist_reads_what_rmqtwist_sent(broker: RunningBroker, rmqtwist_driver: Driver) -> None:
+    cases.produce_and_consume_exactly(rmqtwist_driver, rmqtwist_driver, broker)
+
+
+def test_rmqtwist_restart_resumes_from_the_committed_offset(
+    broker: RunningBroker, rmqtwist_driver: Driver
+) -> None:
+    cases.restart_resumes_from_committed_offset(rmqtwist_driver, broker)
+
+
+def test_rmqtwist_pull_restart_resumes_from_the_committed_offset(
+    broker: RunningBroker, rmqtwist_pull_driver: Driver
+) -> None:
+    cases.restart_resumes_from_committed_offset(rmqtwist_pull_driver, broker)
+
+
+# -- three clients, one topic ---------------------------------------------------------
+
+
+def test_each_client_reads_all_three_clients_messages(
+    broker: RunningBroker, ons_driver: Driver, cpp_driver: Driver, rmqtwist_driver: Driver
+) -> None:
+    """ali-ons, C++ and rmqtwist messages in one topic; a group of each client reads all
+    thirty, as sent, with the send results' offsets and ids. rmqtwist's consumer lists every
+    property, so nothing but the sent ones and the system ones may appear there, and its
+    offset msgIds are those of rmqtwist's send results."""
+    drivers = (ons_driver, cpp_driver, rmqtwist_driver)
+    topic = cases.unique("Three")
+    create_topic(broker.address, topic, cases.QUEUES)
+    specs: list[dict[str, Any]] = []
+    sent: dict[str, list[dict[str, Any]]] = {}
+    for number, producer in enumerate(drivers):
+        batch = cases.messages(producer, drivers, 10 * number, 10)
+        sent[producer.name] = producer.produce(broker.address, topic, batch).sent
+        specs += batch
+    by_spec_seq = {int(spec["properties"]["seq"]): spec for spec in specs}
+    for consumer in drivers:
+        run = consumer.consume(
+            broker.address, cases.unique(f"Three{consumer.name}"), topic, count=30,
+            linger=1.0, properties=cases.USER_PROPERTIES,
+        )  # fmt: skip
+        assert len(run.consumed) == 30, run.describe()
+        cases.check_all(run.consumed, specs, [], topic, consumer.name)
+        by_seq = {cases.seq_of(line): line for line in run.consumed}
+        for number, producer in enumerate(drivers):
+            for index, result in enumerate(sent[producer.name]):
+                line = by_seq[10 * number + index]
+                assert result["queueOffset"] == line["queueOffset"], (result, line)
+                assert cases.same_message_id(result["msgId"], line), (result, line)
+                if producer is rmqtwist_driver and consumer is rmqtwist_driver:
+                    assert result["offsetMsgId"] == line["offsetMsgId"], (result, line)
+                    assert result["msgId"] == line["uniqKey"], (result, line)
+        if consumer is rmqtwist_driver:
+            only_sent_and_system(run.consumed, by_spec_seq)
+
+
+def only_sent_and_system(
+    consumed: Sequence[Mapping[str, Any]], specs: Mapping[int, Mapping[str, Any]]
+) -> None:
+    """Each delivered message holds only its sent user properties and system ones."""
+    for line in consumed:
+        spec = specs[cases.seq_of(line)]
+        extra = set(line["properties"]) - cases.SYSTEM_PROPERTIES - set(spec["properties"])
+        assert not extra, (extra, line)
+
+
+@pytest.mark.parametrize("writer", ["ons", "cpp"])
+def test_rmqtwist_reads_both_brokers_what_the_others_spread_over_them(
+    start_broker: Callable[..., RunningBroker],
+    rmqtwist_driver: Driver,
+    writer: str,
+    request: pytest.FixtureRequest,
+) -> None:
+    """ali-ons or the C++ client sends to two dev brokers behind one name server;
+    rmqtwist's push consumer, given only that name server, reads every message from both
+    brokers, each queue in order."""
+    producer: Driver = request.getfixturevalue(f"{writer}_driver")
+    two_brokers._spread_and_read(producer, rmqtwist_driver, start_broker)

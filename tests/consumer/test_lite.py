@@ -16,7 +16,7 @@ from zope.interface import implementer
 from rmqtwist.broker.store import DiskStore
 from rmqtwist.codes import RequestCode
 from rmqtwist.command import RemotingCommand
-from rmqtwist.consumer._lite import ConsumeFrom, PullConsumer
+from rmqtwist.consumer import ConsumeFrom, PullConsumer
 from rmqtwist.interfaces import IRPCHook
 from rmqtwist.message import Message, MessageExt
 from rmqtwist.producer import Producer
@@ -364,3 +364,18 @@ async def test_broker_restart_resumes_from_the_committed_offset(tmp_path: Path) 
         await consumer.shutdown()
         await producer.shutdown()
         await broker.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_consume_from_last_skips_what_is_there(env: tuple[RunningBroker, Producer]) -> None:
+    broker, producer = env
+    await send(producer, 8)
+    consumer = consumer_of(broker, consume_from=ConsumeFrom.LAST)
+    consumer.subscribe(TOPIC)
+    await consumer.start()
+    try:
+        assert await consumer.poll(0.3) == []  # a new group on a young queue: still the end
+        await producer.send(Message(TOPIC, b"new"))
+        assert [m.body for m in await poll_all(consumer, 1)] == [b"new"]
+    finally:
+        await consumer.shutdown()

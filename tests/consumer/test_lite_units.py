@@ -11,7 +11,7 @@ from twisted.internet.task import Clock
 
 from rmqtwist.codes import RequestCode, ResponseCode
 from rmqtwist.command import RemotingCommand
-from rmqtwist.consumer._lite import ConsumeFrom, PullConsumer
+from rmqtwist.consumer import ConsumeFrom, PullConsumer
 from rmqtwist.errors import ConnectError
 from rmqtwist.routing import MessageQueue
 
@@ -254,7 +254,7 @@ def test_notify_router_calls_only_its_group() -> None:
 def test_a_shared_client_notifies_push_consumers_too() -> None:
     import weakref
 
-    push_router = pytest.importorskip("rmqtwist.consumer._push")._router
+    from rmqtwist.consumer._push import _router as push_router
 
     clock, client = Clock(), FakeClient()
     calls: list[float] = []

@@ -19,32 +19,18 @@ from rmqtwist.command import RemotingCommand
 from rmqtwist.consumer._base import (
     Subscription,
     max_offset,
-    query_offset,
     search_offset,
 )
+
+# The push consumer's module holds ConsumeFrom, the offset query both consumers make, and
+# the code-40 router of a client that the lite consumers' router hands requests on to.
+from rmqtwist.consumer._push import ConsumeFrom as ConsumeFrom
+from rmqtwist.consumer._push import _query_offset
+from rmqtwist.consumer._push import _router as _push_router
 from rmqtwist.headers import NotifyConsumerIdsChangedRequestHeader
 from rmqtwist.interfaces import IRequestContext, IRequestProcessor
 from rmqtwist.message import MessageExt
 from rmqtwist.routing import MessageQueue
-
-try:  # the push consumer's module holds ConsumeFrom and its own router for code 40
-    from rmqtwist.consumer._push import (  # type: ignore[import-not-found, unused-ignore]
-        ConsumeFrom as ConsumeFrom,
-    )
-    from rmqtwist.consumer._push import (  # type: ignore[import-not-found, unused-ignore]
-        _router as _push_router,
-    )
-except ImportError:  # pragma: no cover - only until rmqtwist.consumer._push is committed
-    import enum
-
-    class ConsumeFrom(enum.Enum):  # type: ignore[no-redef, unused-ignore]
-        """Where a group with no committed offset of a queue starts."""
-
-        FIRST = "CONSUME_FROM_FIRST_OFFSET"
-        LAST = "CONSUME_FROM_LAST_OFFSET"
-        TIMESTAMP = "CONSUME_FROM_TIMESTAMP"
-
-    _push_router = None  # type: ignore[assignment, unused-ignore]
 
 _log = Logger()
 
@@ -136,8 +122,9 @@ async def start_offset(
     timeout: float,
 ) -> int:
     """Where ``group`` starts ``queue``: its committed offset, else by ``consume_from``
-    (a ConsumeFrom value): 0, the offset stored nearest ``timestamp`` (s), or the end."""
-    committed = await query_offset(client, address, group, queue, timeout)
+    (a ConsumeFrom value): 0, the offset stored nearest ``timestamp`` (s), or the end.
+    The query says setZeroIfNotFound=false, as the push consumer's (see there)."""
+    committed = await _query_offset(client, address, group, queue)
     if committed is not None and committed >= 0:
         return committed
     if consume_from == "CONSUME_FROM_FIRST_OFFSET":
@@ -153,7 +140,7 @@ class NotifyRouter:
     of the request's consumer group, so several consumers may share a client, and hands
     the request on to the push consumers' router (one processor per code per client)."""
 
-    def __init__(self, push: IRequestProcessor | None) -> None:
+    def __init__(self, push: IRequestProcessor) -> None:
         self.groups: dict[str, Callable[[], None]] = {}
         self.push = push
 
@@ -166,8 +153,7 @@ class NotifyRouter:
         callback = self.groups.get(group)
         if callback is not None:
             callback()
-        if self.push is not None:
-            self.push.process_request(context, request)
+        self.push.process_request(context, request)
         return None
 
     def reject_request(self) -> bool:
@@ -182,7 +168,6 @@ def notify_router(client: RemotingClient) -> NotifyRouter:
     (after the push consumers' own, which it then calls: either kind may come first)."""
     router = _ROUTERS.get(client)
     if router is None:
-        push = _push_router(client) if _push_router is not None else None
-        router = _ROUTERS[client] = NotifyRouter(push)
+        router = _ROUTERS[client] = NotifyRouter(_push_router(client))
         client.register_processor(RequestCode.NOTIFY_CONSUMER_IDS_CHANGED, router)
     return router

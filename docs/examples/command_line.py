@@ -20,9 +20,10 @@ from _twist import twist_server
 ENV = {**TWIST_ENV, "COLUMNS": "80"}
 
 
-def run(address: str, *args: str, stdin: str | None = None) -> None:
+def run(address: str, *args: str, stdin: str | None = None, sort: bool = False) -> None:
     """Run ``python -m rmqtwist ARGS...`` (``ADDRESS`` stands for the broker's) and print
-    what it writes."""
+    what it writes (its lines sorted with ``sort``: messages come from the queues in turn,
+    in an order that depends on timing)."""
     shown = " ".join(arg if " " not in arg else repr(arg) for arg in args)
     if stdin is not None:
         print(f"$ printf {stdin!r} | python -m rmqtwist {shown}")
@@ -38,7 +39,8 @@ def run(address: str, *args: str, stdin: str | None = None) -> None:
         timeout=30,
         check=False,
     )
-    output = (done.stdout + done.stderr).replace(address, "ADDRESS")
+    stdout = "".join(sorted(done.stdout.splitlines(keepends=True))) if sort else done.stdout
+    output = (stdout + done.stderr).replace(address, "ADDRESS")
     output = re.sub(r"127\.0\.0\.1:\d+", "127.0.0.1:PORT", output)
     output = re.sub(r'"(msgId|offsetMsgId)": "[0-9A-F]+"', r'"\1": "..."', output)
     output = re.sub(r"msgId=[0-9A-F]+", "msgId=...", output)
@@ -57,6 +59,14 @@ def main() -> None:
             stdin="order 1\norder 2\norder 3\n",
         )  # fmt: skip
         run(address, "produce", "ADDRESS", "Orders", "one more, as BODY")
+        run(
+            address,
+            "consume", "ADDRESS", "Orders", "--group", "audit", "--from", "first",
+            "--count", "4", "--json",
+            sort=True,
+        )  # fmt: skip
+        run(address, "produce", "ADDRESS", "Orders", "sent later")
+        run(address, "consume", "ADDRESS", "Orders", "--group", "audit", "--count", "1")
         run(address, "route", "ADDRESS", "Orders")
         run(address, "route", "ADDRESS", "Nope")
         run(address, "topics", "ADDRESS")

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from rmqtwist._version import __version__
-from rmqtwist.cli import _call, _echo, _produce, _route
+from rmqtwist.cli import _call, _consume, _echo, _produce, _route
 from rmqtwist.cli._common import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -64,6 +64,7 @@ def parser() -> argparse.ArgumentParser:
     top.add_argument("--version", action="version", version=version())
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _produce.add_parser(commands)
+    _consume.add_parser(commands)
     _route.add_parsers(commands)
     _call.add_parser(commands)
     _echo.add_parser(commands)

@@ -84,6 +84,16 @@ def out(line: str) -> None:
         raise StdoutClosed() from None
 
 
+def out_bytes(data: bytes) -> None:
+    """Write ``data`` to stdout as it is, and flush."""
+    try:
+        sys.stdout.flush()
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+    except BrokenPipeError:
+        raise StdoutClosed() from None
+
+
 def silence_stdout() -> None:
     """Point stdout at /dev/null, so that the interpreter's last flush of what is still
     buffered does not fail again (and print a traceback) on a closed pipe."""

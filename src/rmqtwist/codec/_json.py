@@ -147,7 +147,8 @@ def _check_no_lone_surrogate(header: dict[str, Any]) -> None:
     """Refuse a header holding a lone surrogate (``"\\ud800"``): it could never be
     written back, as the binary header already refuses it."""
     try:
-        json.dumps(header, ensure_ascii=False).encode("utf-8")
+        # default=str: the Decimals that non-integer numbers decode to (their text is ASCII).
+        json.dumps(header, ensure_ascii=False, default=str).encode("utf-8")
     except UnicodeEncodeError as e:
         bad = e.object[e.start : e.end]
         raise MalformedFrame(
@@ -159,13 +160,24 @@ def _decode_json_header(
     text: str, body: bytes, max_ext_fields: int | None = None
 ) -> RemotingCommand:
     try:
-        header = _json_decode(text)
-    except ValueError as e:
-        raise MalformedFrame(f"JSON header is not valid JSON: {e}") from None
-    if type(header) is not dict:
-        raise MalformedFrame(f"JSON header is not an object: {text[:64]!r}")
-    if "\\u" in text and _SURROGATE_ESCAPE.search(text) is not None:
-        _check_no_lone_surrogate(header)
+        try:
+            header = _json_decode(text)
+        except ValueError as e:
+            raise MalformedFrame(f"JSON header is not valid JSON: {e}") from None
+        if type(header) is not dict:
+            raise MalformedFrame(f"JSON header is not an object: {text[:64]!r}")
+        if "\\u" in text and _SURROGATE_ESCAPE.search(text) is not None:
+            _check_no_lone_surrogate(header)
+        return _command_from_json(header, body, max_ext_fields)
+    except RecursionError:
+        # Python's json parser, its encoder and _ext_text recurse once per level: a peer's
+        # [[[[... would otherwise escape the decoder as a RecursionError.
+        raise MalformedFrame("JSON header is nested too deeply") from None
+
+
+def _command_from_json(
+    header: dict[str, Any], body: bytes, max_ext_fields: int | None
+) -> RemotingCommand:
     get = header.get
     code = get("code")
     opaque = get("opaque", 0)

@@ -23,6 +23,7 @@ the two.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -197,6 +198,7 @@ def _start(
     config: BrokerConfig,
     port: int,
     runner: _Runner | None,
+    acl_file: str | None = None,
 ) -> Deferred[RunningBroker]:
     service = BrokerService(
         config,
@@ -204,6 +206,7 @@ def _start(
         reactor=reactor,
         listen=[f"tcp:{port}:interface={HOST}"],
         shutdown_timeout=SHUTDOWN_TIMEOUT,
+        acl_file=acl_file,
     )
     service.startService()
 
@@ -227,6 +230,7 @@ def start_broker(
     store: IMessageStore | None = None,
     config: BrokerConfig | None = None,
     port: int = 0,
+    acl_file: str | os.PathLike[str] | None = None,
     **config_options: Any,
 ) -> Deferred[RunningBroker]:
     """Start a dev broker in this process, listening on 127.0.0.1 (``port`` 0: a free one).
@@ -238,7 +242,10 @@ def start_broker(
     ``delay_levels=(0.1,)``; an unknown name raises TypeError). With
     ``name_server=other.address`` (and a ``broker_name`` of its own) it registers with
     another broker's name server, as ``--name-server`` does, before this fires
-    (:doc:`/howto/two-brokers`). Call it in the reactor thread. Fires with the
+    (:doc:`/howto/two-brokers`). With ``acl_file`` (an Apache ``plain_acl.yml``) every
+    request is checked against it, as ``--acl-file`` does (:doc:`/howto/acl`); an
+    unusable file raises :class:`~rmqtwist.acl.AclConfigError` before anything starts.
+    Call it in the reactor thread. Fires with the
     :class:`RunningBroker` once the store is open and the port listens, or fails
     (``CannotListenError`` for a busy port) with nothing left open.
     """
@@ -246,7 +253,14 @@ def start_broker(
         from twisted.internet import reactor as default_reactor
 
         reactor = default_reactor
-    return _start(reactor, store, _make_config(config, config_options), port, None)
+    return _start(
+        reactor,
+        store,
+        _make_config(config, config_options),
+        port,
+        None,
+        None if acl_file is None else os.fspath(acl_file),
+    )
 
 
 def start_broker_in_thread(
@@ -255,6 +269,7 @@ def start_broker_in_thread(
     store: IMessageStore | None = None,
     config: BrokerConfig | None = None,
     port: int = 0,
+    acl_file: str | os.PathLike[str] | None = None,
     **config_options: Any,
 ) -> RunningBroker:
     """:func:`start_broker` for code that does not run the reactor: the broker runs in
@@ -275,6 +290,7 @@ def start_broker_in_thread(
             "would deadlock: use start_broker() there"
         )
     broker_config = _make_config(config, config_options)
+    acl_path = None if acl_file is None else os.fspath(acl_file)
     crochet.setup()
 
     def run(function: Callable[[], Any]) -> Any:
@@ -294,7 +310,7 @@ def start_broker_in_thread(
             state["running"] = running
             return running
 
-        return _start(reactor, store, broker_config, port, run).addCallback(keep)
+        return _start(reactor, store, broker_config, port, run, acl_path).addCallback(keep)
 
     @crochet.run_in_reactor
     def abandon() -> None:

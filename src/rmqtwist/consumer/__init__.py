@@ -19,13 +19,8 @@ from rmqtwist.consumer._base import (
     retry_topic,
 )
 from rmqtwist.consumer._lite import PullConsumer
-from rmqtwist.consumer._push import (
-    ConsumeFrom,
-    ConsumeResult,
-    Listener,
-    MessageModel,
-    PushConsumer,
-)
+from rmqtwist.consumer._push import ConsumeFrom, Listener, MessageModel, PushConsumer
+from rmqtwist.consumer._push_consume import ConsumeResult
 
 __all__ = [
     "RETRY_PREFIX",

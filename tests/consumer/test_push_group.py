@@ -232,3 +232,44 @@ async def test_broker_restarted_mid_stream_nothing_acknowledged_is_lost(tmp_path
     finally:
         await consumer.shutdown()
         await broker.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_notify_consumer_ids_changed_rebalances_without_waiting_for_the_timer() -> None:
+    broker = await start_broker()
+    broker.create_topic("N", 4)
+    try:
+        one = member(broker, "GN", lambda m: None, client_id="a", rebalance_interval=600)
+        two = member(broker, "GN", lambda m: None, client_id="b", rebalance_interval=600)
+        one.subscribe("N")
+        await one.start()
+        assert len(topic_queues(one, "N")) == 4
+        two.subscribe("N")
+        await two.start()  # the broker tells "a" (code 40): it lets two queues go
+        await until(lambda: len(topic_queues(one, "N")) == 2, what="a's half")
+        assert not topic_queues(one, "N") & topic_queues(two, "N")
+        await crash(two)
+        await until(lambda: len(topic_queues(one, "N")) == 4, what="all four again")
+        await one.shutdown()
+    finally:
+        await broker.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_subscribe_after_start() -> None:
+    broker = await start_broker()
+    broker.create_topic("L", 1)
+    try:
+        got: list[bytes] = []
+        consumer = member(broker, "GL", lambda m: got.append(m.body))
+        consumer.subscribe("unused")
+        await consumer.start()
+        await produce(broker, "L", [b"x"])
+        consumer.subscribe("L")
+        await until(lambda: got == [b"x"], what="the message")
+        consumer.unsubscribe("L")
+        await until(lambda: not topic_queues(consumer, "L"), what="L dropped")
+        await consumer.shutdown()
+        assert broker.offsets("GL")["L"] == {0: 1}
+    finally:
+        await broker.stop()

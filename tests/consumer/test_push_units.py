@@ -114,3 +114,70 @@ def test_retry_topic_only_in_clustering() -> None:
     assert set(broadcasting._all_subscriptions()) == {"T"}
     broadcasting.unsubscribe("T")
     assert broadcasting._all_subscriptions() == {}
+
+
+def test_pull_loop_backs_off_jumps_and_pauses(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the Clock: an error waits 3 s, OFFSET_ILLEGAL jumps and commits, a queue at
+    its cap pulls no more (looked at every 50 ms) until the listener drains it."""
+    from twisted.internet.defer import Deferred, ensureDeferred
+
+    from rmqtwist.consumer import _push_consume
+    from rmqtwist.consumer._base import PullResult, PullStatus, Subscription
+
+    clock = Clock()
+    gates: list[Deferred[None]] = []
+
+    def listener(m: MessageExt) -> Deferred[None]:
+        gates.append(Deferred())
+        return gates[-1]
+
+    consumer = PushConsumer("G", "127.0.0.1:1", listener, reactor=clock, max_cached_messages=2)
+    monkeypatch.setattr(consumer, "_address", lambda q: "broker:1")
+    calls: list[tuple[float, int, int]] = []
+    committed: list[int] = []
+    pending: Deferred[PullResult] = Deferred()
+    answers: list[object] = [
+        RuntimeError("connection refused"),
+        PullResult(PullStatus.OFFSET_ILLEGAL, 5, 5, 7, []),
+        PullResult(PullStatus.FOUND, 7, 5, 7, [message(5), message(6)]),
+        pending,
+    ]
+
+    async def fake_pull(
+        client: object, address: str, group: str, queue: object, offset: int, **kw: int
+    ) -> object:
+        calls.append((clock.seconds(), offset, kw["max_nums"]))
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        if isinstance(answer, Deferred):
+            return await answer
+        return answer
+
+    async def fake_update(
+        client: object, address: str, group: str, queue: object, offset: int, **kw: object
+    ) -> None:
+        committed.append(offset)
+
+    monkeypatch.setattr(_push_consume, "pull", fake_pull)
+    monkeypatch.setattr(_push_consume, "update_offset", fake_update)
+    pq = ProcessQueue(Q, 0)
+    consumer._queues[Q] = pq
+    ensureDeferred(consumer._pull_loop(pq, Subscription("T")))
+    assert calls == [(0.0, 0, 2)]
+    clock.advance(2.9)
+    assert len(calls) == 1
+    clock.advance(0.1)  # 3 s after the error: the jump, then the messages
+    assert calls[1:] == [(3.0, 0, 2), (3.0, 5, 2)]
+    assert committed == [5]
+    assert pq.cached_messages == 2 and len(gates) == 2
+    clock.advance(0.5)
+    assert len(calls) == 3  # paused at the cap
+    gates[0].callback(None)
+    assert consumer._offsets[Q] == 6  # 5 done, 6 still running
+    clock.advance(0.05)
+    assert calls[3][1:] == (7, 1)  # room for one
+    gates[1].callback(None)
+    assert consumer._offsets[Q] == 7
+    pq.dropped = True
+    pending.callback(PullResult(PullStatus.NO_NEW_MSG, 7, 5, 7, []))  # ignored

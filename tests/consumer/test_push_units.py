@@ -181,3 +181,34 @@ def test_pull_loop_backs_off_jumps_and_pauses(monkeypatch: pytest.MonkeyPatch) -
     assert consumer._offsets[Q] == 7
     pq.dropped = True
     pending.callback(PullResult(PullStatus.NO_NEW_MSG, 7, 5, 7, []))  # ignored
+
+
+def test_a_failed_send_back_is_consumed_again_locally_after_5_s(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from twisted.internet.defer import ensureDeferred
+
+    from rmqtwist.consumer import _push_consume
+
+    clock = Clock()
+    seen: list[tuple[float, int]] = []
+
+    def listener(m: MessageExt) -> bool:
+        seen.append((clock.seconds(), m.reconsume_times))
+        return len(seen) > 1  # fails once
+
+    consumer = PushConsumer("G", "127.0.0.1:1", listener, reactor=clock)
+    monkeypatch.setattr(consumer, "_address", lambda q: "broker:1")
+
+    async def broken_send_back(*args: object, **kw: object) -> None:
+        raise ConnectionError("broker away")
+
+    monkeypatch.setattr(_push_consume, "send_back", broken_send_back)
+    pq = ProcessQueue(Q, 0)
+    consumer._queues[Q] = pq
+    pq.add([message(0)])
+    ensureDeferred(consumer._consume_one(pq, message(0)))
+    assert seen == [(0.0, 0)] and pq.cached_messages == 1  # not done: the offset holds
+    clock.advance(5)
+    assert seen == [(0.0, 0), (5.0, 1)]
+    assert pq.cached_messages == 0 and consumer._offsets[Q] == 1

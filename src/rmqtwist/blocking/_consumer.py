@@ -19,6 +19,7 @@ from rmqtwist.blocking._common import (
     refuse_reactor_thread,
     wait,
 )
+from rmqtwist.consumer import PullConsumer
 from rmqtwist.errors import RemotingTimeoutError
 
 if TYPE_CHECKING:
@@ -51,7 +52,7 @@ class BlockingConsumer:
 
     #: The asynchronous consumer underneath. Its methods must only be called in the
     #: reactor thread (e.g. through ``crochet.run_in_reactor``).
-    consumer: Any  # a PullConsumer: typed loosely while rmqtwist.consumer exports it
+    consumer: PullConsumer
 
     def __init__(
         self,
@@ -66,8 +67,6 @@ class BlockingConsumer:
         refuse_reactor_thread("BlockingConsumer()", "PullConsumer")
         if "reactor" in consumer_options:
             raise TypeError("BlockingConsumer runs on crochet's reactor: do not pass reactor=")
-        from rmqtwist.consumer import PullConsumer  # type: ignore[attr-defined,unused-ignore]
-
         crochet.setup()
         self.consumer = quick(
             lambda: PullConsumer(group, name_servers, **consumer_options),

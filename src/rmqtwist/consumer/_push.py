@@ -175,6 +175,7 @@ class PushConsumer(_Consuming):
         self.client_id = client_id or f"127.0.0.1@{os.getpid()}#{id(self)}"
         self.routes = RouteTable(self.client, self.name_servers)
         self._subscriptions: dict[str, Subscription] = {}
+        self._retry_version = int(reactor.seconds() * 1000)  # as Java: when it was made
         self._queues: dict[MessageQueue, ProcessQueue] = {}
         self._offsets: dict[MessageQueue, int] = {}  # what to commit
         self._persisted: dict[MessageQueue, int] = {}  # what was committed
@@ -218,7 +219,7 @@ class PushConsumer(_Consuming):
         subscriptions = dict(self._subscriptions)
         if self.clustering and subscriptions:
             retry = retry_topic(self.group)
-            subscriptions.setdefault(retry, Subscription(retry, "*"))
+            subscriptions.setdefault(retry, Subscription(retry, "*", self._retry_version))
         return subscriptions
 
     @property

@@ -433,3 +433,32 @@ def test_headers_carry_uniq_key_wait_and_compression_flag() -> None:
     assert small.f == 0
     for header in (big, small):
         assert "UNIQ_KEY\x01" in header.i and "WAIT\x01true" in header.i  # type: ignore[operator]
+
+
+def test_a_failed_send_on_the_fast_path_is_retried_with_the_same_message_id() -> None:
+    # Both brokers in use: later sends skip the coroutine until one fails.
+    fake = _Fake()
+    assert {fake.send().queue.broker_name for _ in range(4)} == {"b0", "b1"}
+    tries: list[tuple[str, str]] = []  # (address, UNIQ_KEY) of every send tried
+    invoke = fake.client.invoke
+
+    def recording(address: str, request: RemotingCommand, timeout: float) -> Deferred[Any]:
+        if request.code == RequestCode.SEND_MESSAGE_V2:
+            header = SendMessageRequestHeaderV2.from_command(request)
+            properties = dict(p.split("\x01") for p in (header.i or "").split("\x02"))
+            tries.append((address, properties["UNIQ_KEY"]))
+        return invoke(address, request, timeout)
+
+    fake.client.invoke = recording  # type: ignore[method-assign]
+    fake.down.add("b0")
+    for _ in range(4):  # until round robin picks b0
+        result = fake.send()
+        if any(address == "b0:1" for address, _ in tries):
+            break
+    assert [address for address, _ in tries[-2:]] == ["b0:1", "b1:1"]
+    assert tries[-2][1] == tries[-1][1] == result.msg_id  # one id across the tries
+    assert result.queue.broker_name == "b1"
+    fake.down.add("b1")
+    failure = fake.send()
+    assert isinstance(failure.value, SendFailedError)
+    assert len(failure.value.causes) == 3

@@ -10,10 +10,12 @@ refresh that fails, does not lose a route already known.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Final
 
 from twisted.internet.defer import Deferred, ensureDeferred, succeed
@@ -90,11 +92,12 @@ class TopicRoute:
     brokers: Mapping[str, Mapping[int, str]]
     write_queues: tuple[MessageQueue, ...]
     read_queues: tuple[MessageQueue, ...]
+    #: Broker name -> master address, for brokers that have a master (made once).
+    masters: Mapping[str, str] = dataclasses.field(init=False, compare=False, repr=False)
 
-    @property
-    def masters(self) -> dict[str, str]:
-        """Broker name -> master address, for brokers that have a master."""
-        return {name: ids[_MASTER_ID] for name, ids in self.brokers.items() if _MASTER_ID in ids}
+    def __post_init__(self) -> None:
+        masters = {name: ids[_MASTER_ID] for name, ids in self.brokers.items() if _MASTER_ID in ids}
+        object.__setattr__(self, "masters", MappingProxyType(masters))
 
     @property
     def queues(self) -> tuple[MessageQueue, ...]:

@@ -96,6 +96,8 @@ class RemotingProtocol(_Outgoing, _Incoming, LengthPrefixed, TimeoutMixin):
         # the deadline of the frame being received (or of the first frame)
         self._frame_timer: IDelayedCall | None = None
         self._got_frames = False
+        # The invalid frame that made us close the connection, named to callers.
+        self._dropped_for: ProtocolError | None = None
         # fairness: requests handled in this turn, and whether we gave the turn away
         self._turn = 0
         self._yielding = False
@@ -144,12 +146,20 @@ class RemotingProtocol(_Outgoing, _Incoming, LengthPrefixed, TimeoutMixin):
         dispatcher.connections.discard(self)
         dispatcher.connections_closed += 1
         why = reason.getErrorMessage() if reason is not None else "connection closed"
-        self._release_held_permits()
-        self._fail_calls(
-            lambda what: ConnectionLostError(
-                f"connection to {self.remote_address} lost {what}: {why}"
+        dropped_for = self._dropped_for
+        if dropped_for is not None:
+            why = (
+                "we closed it because the peer sent an invalid frame: "
+                f"{type(dropped_for).__name__}: {clip(str(dropped_for))}"
             )
-        )
+
+        def lost(what: str) -> Exception:
+            error = ConnectionLostError(f"connection to {self.remote_address} lost {what}: {why}")
+            error.__cause__ = dropped_for
+            return error
+
+        self._release_held_permits()
+        self._fail_calls(lost)
         processing, self._processing = self._processing, set()
         for context in processing:  # their answers have nowhere to go now
             context._done = True
@@ -219,7 +229,9 @@ class RemotingProtocol(_Outgoing, _Incoming, LengthPrefixed, TimeoutMixin):
         self.abort()
 
     def protocol_error(self, error: ProtocolError) -> None:
-        """Log why (at most once per peer every 10 s, with a count), abort."""
+        """Log why (at most once per peer every 10 s, with a count), abort; calls still
+        waiting for an answer fail with a ConnectionLostError naming the error."""
+        self._dropped_for = error
         self.dispatcher.notify("on_exception", self, error)
         dropped = self.dispatcher.log_limiter.allow(("invalid frame", self.peer_host))
         if dropped is not None:

@@ -337,19 +337,33 @@ class Producer:
         ``sharding_key`` picks by :func:`stable_hash`, so a key always maps to one queue
         while the route stays the same (ordered sends are not retried on another queue).
         """
+        picked: MessageQueue | None = None
         if queue is None and selector is None and sharding_key is None and self._running:
             fast = self._send_fast(message, timeout)
-            if fast is not None:
+            if isinstance(fast, Deferred):
                 return fast
+            picked = fast  # the queue the round robin gave: the slow path's first try
         return ensureDeferred(
-            self._send([message], queue, timeout, selector, sharding_key, batch=False, oneway=False)
+            self._send(
+                [message],
+                queue,
+                timeout,
+                selector,
+                sharding_key,
+                batch=False,
+                oneway=False,
+                picked=picked,
+            )
         )
 
     # The common case, a known route and a broker already in use, without a coroutine:
     # one request and one callback (the coroutine costs about as much CPU as the send
     # itself). A failure is handed on to _send, which makes the remaining tries.
 
-    def _send_fast(self, message: Message, timeout: float | None) -> Deferred[SendResult] | None:
+    def _send_fast(
+        self, message: Message, timeout: float | None
+    ) -> Deferred[SendResult] | MessageQueue | None:
+        # A Deferred when sent; else the queue picked (or None) for the slow path.
         topic = message.topic
         route = self.routes.cached(topic)
         if route is None or not route.write_queues or topic in self._via_default:
@@ -358,7 +372,7 @@ class Producer:
         name = target.broker_name
         address = route.masters.get(name)
         if address is None or self._used.get(name) != address:
-            return None  # the slow path registers the broker and sends it a heartbeat
+            return target  # the slow path registers the broker and sends it a heartbeat
         extra = self._extra(message)
         request = self._single_request(message, extra, target)
         timeout = self.send_timeout if timeout is None else timeout
@@ -545,6 +559,7 @@ class Producer:
         oneway: bool,
         causes: list[tuple[str, BaseException]] | None = None,
         last_broker: str | None = None,
+        picked: MessageQueue | None = None,
     ) -> SendResult:
         if not self._running:
             raise ProducerClosedError("the producer is not started or has been shut down")
@@ -564,8 +579,11 @@ class Producer:
                 target = selector(route.queues, messages[0])
             elif sharding_key is not None:
                 target = route.queues[stable_hash(sharding_key) % len(route.queues)]
+            elif picked is not None and picked in route.write_queues:
+                target = picked  # chosen by _send_fast's round robin already
             else:
                 target = self._pick(route, last_broker)
+            picked = None
             last_broker = target.broker_name
             address = route.masters.get(target.broker_name)
             if address is None:

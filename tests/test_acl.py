@@ -10,7 +10,7 @@ import pytest
 import pytest_twisted
 from hypothesis import given
 from hypothesis import strategies as st
-from twisted.internet import reactor
+from twisted.internet import reactor, task
 from twisted.internet.task import Clock
 
 from rmqtwist.acl import (
@@ -350,4 +350,47 @@ async def test_producer_with_credentials_against_a_broker_with_acl(config_file: 
     finally:
         await signed.shutdown()
         await plain.shutdown()
+        await broker.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_consumers_with_credentials_against_a_broker_with_acl(config_file: Path) -> None:
+    from rmqtwist.acl import Credentials
+    from rmqtwist.consumer import ConsumeFrom, PullConsumer, PushConsumer
+    from rmqtwist.message import Message
+    from rmqtwist.producer import Producer
+    from rmqtwist.testing import start_broker
+
+    broker = await start_broker()
+    broker.service.factory.register_rpc_hook(AclServerHook(load_acl_file(str(config_file))))
+    broker.create_topic("topicB", 1)
+    keys = Credentials("RocketMQ", "12345678")
+    producer = Producer("PG", broker.address, credentials=keys)
+    await producer.start()
+    got: list[bytes] = []
+    push = PushConsumer(
+        "groupB",
+        broker.address,
+        lambda m: got.append(m.body),
+        credentials=keys,
+        consume_from=ConsumeFrom.FIRST,
+    )
+    push.subscribe("topicB")
+    lite = PullConsumer("groupC", broker.address, credentials=keys, consume_from=ConsumeFrom.FIRST)
+    lite.subscribe("topicB")
+    try:
+        await producer.send(Message("topicB", b"signed"))
+        await push.start()
+        await lite.start()
+        polled = await lite.poll(timeout=5.0)
+        assert [m.body for m in polled] == [b"signed"]
+        for _ in range(100):
+            if got:
+                break
+            await task.deferLater(reactor, 0.05, lambda: None)
+        assert got == [b"signed"]
+    finally:
+        await push.shutdown()
+        await lite.shutdown()
+        await producer.shutdown()
         await broker.stop()

@@ -32,6 +32,7 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 
+from rmqtwist.acl import AclClientHook, Credentials
 from rmqtwist.client import RemotingClient
 from rmqtwist.consumer._base import (
     ConsumerClosedError,
@@ -75,7 +76,8 @@ class PullConsumer(LiteGroup):
     (seconds since the epoch) is where ``ConsumeFrom.TIMESTAMP`` starts (default: 30
     minutes ago). ``pull_suspend`` is how long a broker holds a pull that finds nothing,
     ``pull_timeout`` how long a pull may take in all, ``retry_delay`` the pause after a
-    failed pull or offset lookup.
+    failed pull or offset lookup. With ``credentials`` (:class:`~rmqtwist.acl.Credentials`)
+    every request is signed for a broker with ACL.
     """
 
     def __init__(
@@ -99,6 +101,7 @@ class PullConsumer(LiteGroup):
         pull_timeout: float = 30.0,
         retry_delay: float = 3.0,
         request_timeout: float = 3.0,
+        credentials: Credentials | None = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
@@ -115,6 +118,8 @@ class PullConsumer(LiteGroup):
         self.reactor = reactor
         self._own_client = client is None
         self.client = client if client is not None else RemotingClient(reactor)
+        if credentials is not None:  # sign every request for a broker with ACL
+            self.client.register_rpc_hook(AclClientHook(credentials))
         self.auto_commit = auto_commit
         self.auto_commit_interval = auto_commit_interval
         self.consume_from = consume_from

@@ -21,6 +21,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from rmqtwist.acl import AclClientHook, Credentials
 from rmqtwist.client import RemotingClient
 from rmqtwist.codes import RequestCode
 from rmqtwist.command import RemotingCommand
@@ -112,7 +113,8 @@ class PushConsumer(_Consuming):
     True or :attr:`ConsumeResult.SUCCESS` mean consumed; False,
     :attr:`ConsumeResult.RETRY` or an exception mean retry (see the how-to). ``client``
     is a :class:`~rmqtwist.client.RemotingClient` to share (not closed by
-    :meth:`shutdown`).
+    :meth:`shutdown`). With ``credentials`` (:class:`~rmqtwist.acl.Credentials`) every
+    request is signed for a broker with ACL.
     """
 
     def __init__(
@@ -140,6 +142,7 @@ class PushConsumer(_Consuming):
         lock_interval: float = 20.0,
         client_id: str | None = None,
         offset_dir: str | None = None,
+        credentials: Credentials | None = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
@@ -155,6 +158,8 @@ class PushConsumer(_Consuming):
         self.reactor = reactor
         self._own_client = client is None
         self.client = client if client is not None else RemotingClient(reactor)
+        if credentials is not None:  # sign every request for a broker with ACL
+            self.client.register_rpc_hook(AclClientHook(credentials))
         self.model = model
         self.orderly = orderly
         self.consume_from = consume_from

@@ -352,7 +352,7 @@ def test_round_robin_across_every_master_queue() -> None:
     picked = [(r.queue.broker_name, r.queue.queue_id) for r in (fake.send() for _ in range(8))]
     assert sorted(set(picked)) == [("b0", 0), ("b0", 1), ("b1", 0), ("b1", 1)]
     # evenly: a send that goes the slow way (a broker's first) takes one turn, not two
-    assert sorted(picked) == sorted(set(picked)) * 2
+    assert sorted(picked) == sorted(list(set(picked)) * 2)
     assert picked[:4] != picked[:1] * 4
 
 

@@ -1,217 +1,45 @@
-"""``twist rmq-remoting``: the options and ``makeService`` of the remoting server plugin.
-
-:class:`Options` parses the command line (on its own it raises
-:class:`~twisted.python.usage.UsageError` for bad input); :func:`makeService` turns it into
-a :class:`~rmqtwist.server.RemotingServer`. Under ``twist`` or ``twistd`` a bad option is
-reported as one line on stderr with exit status 2 (``twist`` itself would print its whole
-``--help`` and exit 64), and an endpoint that cannot be listened on as one line with exit
-status 1, never a traceback.
-"""
+"""The command line of ``twist rmq-remoting`` (see :mod:`rmqtwist.tap`)."""
 
 from __future__ import annotations
 
-import dataclasses
-import importlib
 import sys
-from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from collections.abc import Iterable, Sequence
+from typing import NoReturn
 
-from twisted.plugin import getPlugins
 from twisted.python import usage
-from twisted.python.reflect import namedAny
-from zope.interface import Interface
 
 from rmqtwist._version import __version__
-from rmqtwist.broker.config import BrokerConfig
-from rmqtwist.broker.service import BrokerService
-from rmqtwist.broker.store import DiskStore, IMessageStore, MemoryStore
 from rmqtwist.broker.topics import topic_problem
 from rmqtwist.codec import (
     DEFAULT_MAX_EXT_FIELDS,
     DEFAULT_MAX_FRAME_LENGTH,
     DEFAULT_MAX_HEADER_LENGTH,
 )
-from rmqtwist.codes import RequestCode, SerializeType, code_name
+from rmqtwist.codes import RequestCode, SerializeType
 from rmqtwist.interfaces import (
     IProcessorPlugin,
-    IRequestProcessor,
-    IRPCHook,
     IRPCHookPlugin,
 )
-from rmqtwist.processors import ProcessorPlugin, RPCHookPlugin, echo_plugin, stats_plugin
+from rmqtwist.processors import echo_plugin
 from rmqtwist.server import (
     DEFAULT_FIRST_FRAME_TIMEOUT,
     DEFAULT_FRAME_TIMEOUT,
     DEFAULT_MAX_BUFFERED_BYTES,
     DEFAULT_MAX_UNSENT_BYTES,
-    RemotingServer,
-    RemotingServerFactory,
 )
-from rmqtwist.tls import ClientAuth, TLSMode, listen_endpoint, server_tls_options
-
-__all__ = [
-    "DEFAULT_PORT",
-    "Options",
-    "ProcessorChoice",
-    "broker_config",
-    "makeService",
-    "parse_code",
-]
-
-#: The port a RocketMQ broker listens on, used when neither --port nor --listen is given.
-DEFAULT_PORT = 10911
-_INT32_MAX = (1 << 31) - 1
-_T = TypeVar("_T")
-
-
-@dataclasses.dataclass(frozen=True)
-class ProcessorChoice:
-    """One ``--processor [CODE=]NAME``: the plugin, and the code it was given (if any)."""
-
-    spec: str
-    plugin: IProcessorPlugin
-    code: int | None = None
-
-    @property
-    def codes(self) -> tuple[int, ...]:
-        """The codes it registers for; empty: it becomes the default processor."""
-        if self.code is not None:
-            return (self.code,)
-        return tuple(int(code) for code in self.plugin.codes)
-
-
-#: The echo server's processors (``--processor echo``): echo as the default, stats for 28.
-DEFAULT_PROCESSORS = (
-    ProcessorChoice("echo", echo_plugin),
-    ProcessorChoice("stats", stats_plugin),
+from rmqtwist.tap._plugins import (
+    DEFAULT_PORT,
+    DEFAULT_PROCESSORS,
+    ProcessorChoice,
+    _as_hook_plugin,
+    _as_processor_plugin,
+    _exit_with_usage_error,
+    _number,
+    _plugin_list,
+    _resolve,
+    parse_code,
 )
-
-
-def parse_code(text: str) -> int:
-    """A request code from a number (``28``) or a RequestCode name (``GET_BROKER_RUNTIME_INFO``,
-    any case). Raises ValueError for anything else."""
-    text = text.strip()
-    try:
-        code = int(text)
-    except ValueError:
-        try:
-            code = int(RequestCode[text.upper()])
-        except KeyError:
-            raise ValueError(
-                f"{text!r} is neither a number nor a RequestCode name "
-                "(such as GET_BROKER_RUNTIME_INFO)"
-            ) from None
-    if not 0 <= code <= _INT32_MAX:
-        raise ValueError(f"request code {code} is out of range (0-{_INT32_MAX})")
-    return code
-
-
-def _number(
-    option: str, text: str, kind: Callable[[str], _T], low: float, high: float | None = None
-) -> _T:
-    try:
-        value = kind(text)
-    except ValueError:
-        raise usage.UsageError(f"--{option} must be a number, not {text!r}") from None
-    if value != value or value < low or (high is not None and value > high):  # type: ignore[operator]
-        bounds = f"between {low:g} and {high:g}" if high is not None else f"at least {low:g}"
-        raise usage.UsageError(f"--{option} must be {bounds}, not {text}")
-    return value
-
-
-def _is_path(name: str) -> bool:
-    return ":" in name or "." in name
-
-
-def _import(path: str) -> object:
-    """``pkg.module:attr.attr`` or ``pkg.module.attr``."""
-    if ":" in path:
-        module_name, _, attributes = path.partition(":")
-        obj: object = importlib.import_module(module_name)
-        for attribute in attributes.split(".") if attributes else []:
-            obj = getattr(obj, attribute)
-        return obj
-    return namedAny(path)  # type: ignore[no-untyped-call]
-
-
-def _resolve(
-    option: str,
-    name: str,
-    interface: type[Interface],
-    wrap: Callable[[object], Any],
-) -> Any:
-    """A plugin providing ``interface`` named ``name`` or at the dotted path ``name``."""
-    if not name:
-        raise usage.UsageError(f"--{option} needs a name")
-    if not _is_path(name):
-        plugins: list[Any] = list(getPlugins(interface))
-        found = {plugin.name: plugin for plugin in plugins}
-        if name in found:
-            return found[name]
-        known = ", ".join(sorted(found)) or "none"
-        raise usage.UsageError(
-            f"--{option} {name}: no {option} plugin of that name (known: {known}); "
-            "give a plugin name or a dotted path such as pkg.module:factory"
-        )
-    try:
-        obj = _import(name)
-    except Exception as e:
-        raise usage.UsageError(
-            f"--{option} {name}: cannot import it: {type(e).__name__}: {e}"
-        ) from None
-    plugin = wrap(obj)
-    if plugin is None:
-        raise usage.UsageError(
-            f"--{option} {name}: {obj!r} is not a {option} plugin, a {option} or a "
-            f"callable that makes one"
-        )
-    return plugin
-
-
-def _as_processor_plugin(spec: str) -> Callable[[object], IProcessorPlugin | None]:
-    def wrap(obj: object) -> IProcessorPlugin | None:
-        plugin = IProcessorPlugin(obj, None)
-        if plugin is not None:
-            return plugin
-        if IRequestProcessor.providedBy(obj):
-            return ProcessorPlugin(spec, "", lambda: obj)
-        if callable(obj):
-            return ProcessorPlugin(spec, "", obj)
-        return None
-
-    return wrap
-
-
-def _as_hook_plugin(spec: str) -> Callable[[object], IRPCHookPlugin | None]:
-    def wrap(obj: object) -> IRPCHookPlugin | None:
-        plugin = IRPCHookPlugin(obj, None)
-        if plugin is not None:
-            return plugin
-        if IRPCHook.providedBy(obj):
-            return RPCHookPlugin(spec, "", lambda: obj)
-        if callable(obj):
-            return RPCHookPlugin(spec, "", obj)
-        return None
-
-    return wrap
-
-
-def _plugin_list(interface: type[Interface]) -> str:
-    found: list[Any] = list(getPlugins(interface))
-    plugins = sorted(found, key=lambda plugin: str(plugin.name))
-    lines = []
-    for plugin in plugins:
-        codes = getattr(plugin, "codes", None)
-        where = ""
-        if codes is not None:
-            where = (
-                " [" + ", ".join(f"{code_name(c)} ({c})" for c in codes) + "]"
-                if codes
-                else " [default processor]"
-            )
-        lines.append(f"  {plugin.name:<12} {plugin.description}{where}")
-    return "\n".join(lines) or "  (none found)"
+from rmqtwist.tls import ClientAuth, TLSMode
 
 
 class Options(usage.Options):
@@ -640,201 +468,3 @@ def _check_processors(choices: Iterable[ProcessorChoice]) -> None:
                     f"--processor {choice.spec}: {what} already goes to --processor {owner[code]}"
                 )
             owner[code] = choice.spec
-
-
-def _program() -> str:
-    name = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "twist"
-    return "twist" if name in ("__main__.py", "-c", "") else name
-
-
-def _exit_with_usage_error(error: Exception) -> NoReturn:
-    message = " ".join(str(error).split())
-    print(
-        f"{_program()} rmq-remoting: error: {message} (see --help)",
-        file=sys.stderr,
-        flush=True,
-    )
-    raise SystemExit(2)
-
-
-class _CommandLineServer(RemotingServer):
-    """Under twist/twistd: an endpoint that cannot be listened on ends the process with a
-    one-line message and status 1 (instead of a traceback, or a server listening nowhere)."""
-
-    def privilegedStartService(self) -> None:
-        super().privilegedStartService()
-        self._exit_if_not_listening()
-
-    def startService(self) -> None:
-        super().startService()
-        self._exit_if_not_listening()
-
-    def _exit_if_not_listening(self) -> None:
-        errors = self.listen_errors
-        if errors:
-            endpoint, failure = errors[0]
-            message = " ".join(failure.getErrorMessage().split())
-            print(
-                f"{_program()} rmq-remoting: error: cannot listen on {endpoint}: {message}",
-                file=sys.stderr,
-                flush=True,
-            )
-            raise SystemExit(1)
-
-
-def makeService(options: Options) -> RemotingServer | BrokerService:
-    """The :class:`~rmqtwist.server.RemotingServer` that ``options`` describe (not started).
-
-    Raises UsageError for an endpoint Twisted cannot parse or a processor/hook factory that
-    makes something else (under twist/twistd: one line on stderr, exit status 2).
-    """
-    under_twist = options.parent is not None
-    server_class = _CommandLineServer if under_twist else RemotingServer
-    try:
-        if options.broker_mode:
-            return _make_broker(options, server_class)
-        return _make_service(options, server_class)
-    except usage.UsageError as e:
-        if not under_twist:
-            raise
-        _exit_with_usage_error(e)
-
-
-def broker_config(options: Options) -> BrokerConfig:
-    """The :class:`~rmqtwist.broker.config.BrokerConfig` that ``options`` describe."""
-    return BrokerConfig(
-        broker_name=options["broker-name"],
-        cluster_name=options["cluster-name"],
-        advertise=options["advertise"],
-        auto_create_topic=options["auto-create-topic"],
-        transaction_timeout=options["transaction-timeout"],
-        transaction_check_interval=options["transaction-check-interval"],
-        topics=tuple(options["topics"]),
-        name_server=";".join(options["name-server"]) or None,
-    )
-
-
-def _make_store(options: Options) -> IMessageStore:
-    if options["data-dir"] is None:
-        return MemoryStore(max_bytes=options["max-store-bytes"])
-    from twisted.internet import reactor
-
-    return DiskStore(
-        options["data-dir"],
-        flush=options["flush"],
-        flush_interval=options["flush-interval"],
-        reactor=reactor,
-    )
-
-
-def _make_broker(options: Options, server_class: type[RemotingServer]) -> BrokerService:
-    hooks = []
-    for plugin in options["hooks"]:
-        try:
-            hooks.append(plugin.make_hook())
-        except TypeError as e:
-            raise usage.UsageError(f"--hook {plugin.name}: {e}") from None
-    try:
-        config = broker_config(options)
-    except ValueError as e:
-        raise usage.UsageError(str(e)) from None
-    service = BrokerService(
-        config,
-        _make_store(options),
-        listen=(),
-        server_class=server_class,
-        shutdown_timeout=options["shutdown-timeout"],
-        idle_timeout=options["idle-timeout"] or None,
-        serialize_type=options["serialize-type"],
-        acl_file=_acl_file(options),
-        **_limits(options),
-    )
-    for hook in hooks:
-        service.factory.register_rpc_hook(hook)
-    _listen_all(service.server, options)
-    return service
-
-
-def _acl_file(options: Options) -> str | None:
-    path: str | None = options["acl-file"]
-    if path is not None:
-        from rmqtwist.acl import AclConfigError, load_acl_file
-
-        try:
-            load_acl_file(path)
-        except AclConfigError as e:
-            raise usage.UsageError(f"--acl-file {e}") from None
-    return path
-
-
-def _limits(options: Options) -> dict[str, Any]:
-    """The server factory's limits from the options (0 turns the optional ones off)."""
-    return {
-        "max_connections": options["max-connections"],
-        "max_frame_length": options["max-frame-length"],
-        "max_header_length": options["max-header-length"] or None,
-        "max_ext_fields": options["max-ext-fields"] or None,
-        "frame_timeout": options["frame-timeout"] or None,
-        "first_frame_timeout": options["first-frame-timeout"] or None,
-        "max_unsent_bytes": options["max-unsent-bytes"] or None,
-        "max_buffered_bytes": options["max-buffered-bytes"] or None,
-        "max_connections_per_address": options["max-connections-per-address"] or None,
-    }
-
-
-def _listen_all(server: RemotingServer, options: Options) -> None:
-    """Listen on every --listen endpoint, behind PROXY headers and TLS when asked."""
-    tls_options = None
-    if options["tls-mode"] is not TLSMode.DISABLED:
-        try:
-            tls_options = server_tls_options(
-                options["tls-cert"],
-                options["tls-key"],
-                ca=options["tls-ca"],
-                client_auth=options["tls-client-auth"],
-            )
-        except ValueError as e:
-            raise usage.UsageError(f"--tls-cert: {e}") from None
-    for endpoint in options["listen"]:
-        try:
-            server.listen(
-                listen_endpoint(
-                    server.reactor,
-                    endpoint,
-                    proxy_protocol=options["proxy-protocol"],
-                    tls_mode=options["tls-mode"],
-                    tls_options=tls_options,
-                    clock=server.clock,
-                    first_byte_timeout=options["first-frame-timeout"] or None,
-                )
-            )
-        except Exception as e:  # serverFromString: unknown type, bad arguments, no such file
-            raise usage.UsageError(f"--listen {endpoint}: {type(e).__name__}: {e}") from None
-
-
-def _make_service(options: Options, server_class: type[RemotingServer]) -> RemotingServer:
-    idle_timeout = options["idle-timeout"] or None
-    factory = RemotingServerFactory(
-        idle_timeout=idle_timeout,
-        serialize_type=options["serialize-type"],
-        **_limits(options),
-    )
-    for choice in options.processor_choices:
-        try:
-            processor = choice.plugin.make_processor()
-        except TypeError as e:  # the factory made something that is not a processor
-            raise usage.UsageError(f"--processor {choice.spec}: {e}") from None
-        if choice.codes:
-            for code in choice.codes:
-                factory.register_processor(code, processor)
-        else:
-            factory.register_default_processor(processor)
-    for plugin in options["hooks"]:
-        try:
-            hook = plugin.make_hook()
-        except TypeError as e:
-            raise usage.UsageError(f"--hook {plugin.name}: {e}") from None
-        factory.register_rpc_hook(hook)
-    server = server_class(factory, shutdown_timeout=options["shutdown-timeout"])
-    _listen_all(server, options)
-    return server

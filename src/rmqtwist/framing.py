@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import deque
 from typing import TYPE_CHECKING, cast
 
-from twisted.internet.interfaces import IAddress
+from twisted.internet.interfaces import IAddress, ITransport
 from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 #: is full), the rest of a read waits as bytes, and at most this many as commands.
 _BATCH = 64
 
-__all__ = ["LengthPrefixed", "LengthPrefixedFactory", "format_address"]
+__all__ = ["LengthPrefixed", "LengthPrefixedFactory", "abort_transport", "format_address"]
 
 
 def format_address(address: IAddress | None) -> str:
@@ -48,6 +48,16 @@ def format_address(address: IAddress | None) -> str:
             return name.decode("utf-8", "replace")
         return str(name) if name is not None else str(address)
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def abort_transport(transport: ITransport) -> None:
+    """Close ``transport`` at once (``abortConnection``, dropping unwritten bytes) where
+    it can, else as soon as it has written what it holds (``loseConnection``)."""
+    abort = getattr(transport, "abortConnection", None)
+    if abort is not None:
+        abort()
+    else:
+        transport.loseConnection()
 
 
 class LengthPrefixed(Protocol):
@@ -220,11 +230,7 @@ class LengthPrefixed(Protocol):
         transport = self.transport
         if transport is None:
             return
-        abort = getattr(transport, "abortConnection", None)
-        if abort is not None:
-            abort()
-        else:
-            transport.loseConnection()
+        abort_transport(transport)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         """Drop the decoder and whatever partial frame it held."""

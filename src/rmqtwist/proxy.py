@@ -28,6 +28,8 @@ from twisted.protocols.haproxy._wrapper import HAProxyProtocolWrapper, HAProxyWr
 from twisted.python.failure import Failure
 from zope.interface import directlyProvides, implementer, providedBy
 
+from rmqtwist.framing import abort_transport
+
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
     from twisted.internet.interfaces import (
@@ -77,11 +79,7 @@ class _ProxiedConnection(HAProxyProtocolWrapper):
     def _close(self) -> None:
         transport = self.transport
         assert transport is not None
-        abort = getattr(transport, "abortConnection", None)
-        if abort is not None:
-            abort()
-        else:
-            transport.loseConnection()
+        abort_transport(transport)
 
     def dataReceived(self, data: bytes) -> None:
         if self._ready:

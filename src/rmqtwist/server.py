@@ -38,7 +38,7 @@ from rmqtwist.codec import (
     DEFAULT_MAX_HEADER_LENGTH,
 )
 from rmqtwist.dispatcher import Dispatcher, Registrar
-from rmqtwist.framing import LengthPrefixedFactory, format_address
+from rmqtwist.framing import LengthPrefixedFactory, abort_transport, format_address
 from rmqtwist.protocol import RemotingProtocol
 
 if TYPE_CHECKING:
@@ -86,11 +86,7 @@ class Refused(Protocol):
     def connectionMade(self) -> None:
         transport = self.transport
         assert transport is not None
-        abort = getattr(transport, "abortConnection", None)
-        if abort is not None:
-            abort()
-        else:
-            transport.loseConnection()
+        abort_transport(transport)
 
     def dataReceived(self, data: bytes) -> None:
         """Ignored: the connection is closing."""

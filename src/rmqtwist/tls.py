@@ -36,7 +36,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from rmqtwist._logsafe import LogLimiter
-from rmqtwist.framing import format_address
+from rmqtwist.framing import abort_transport, format_address
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import (
@@ -180,11 +180,7 @@ class _Sniffer(Protocol):
     def _abort(self) -> None:
         transport = self.transport
         assert transport is not None
-        abort = getattr(transport, "abortConnection", None)
-        if abort is not None:
-            abort()
-        else:
-            transport.loseConnection()
+        abort_transport(transport)
 
     def dataReceived(self, data: bytes) -> None:
         if self.inner is not None:

@@ -342,12 +342,26 @@ def _check(what: str, response: RemotingCommand) -> RemotingCommand:
 
 
 async def query_offset(
-    client: RemotingClient, address: str, group: str, queue: MessageQueue, timeout: float = 3.0
+    client: RemotingClient,
+    address: str,
+    group: str,
+    queue: MessageQueue,
+    timeout: float = 3.0,
+    *,
+    set_zero_if_not_found: bool | None = None,
 ) -> int | None:
     """QUERY_CONSUMER_OFFSET (14): ``group``'s committed offset of ``queue``, or None when
-    it has none (QUERY_NOT_FOUND, 22)."""
+    it has none (QUERY_NOT_FOUND, 22).
+
+    ``set_zero_if_not_found=False`` asks as Java 5 does: a group new to a queue then gets
+    None, so the consumer's ``consume_from`` decides where it starts. (A 4.x broker
+    ignores the field and answers 0 for a queue whose first message it still holds,
+    which is what Java 4.9's consumers see.)"""
     header = QueryConsumerOffsetRequestHeader(
-        consumer_group=group, topic=queue.topic, queue_id=queue.queue_id
+        consumer_group=group,
+        topic=queue.topic,
+        queue_id=queue.queue_id,
+        set_zero_if_not_found=set_zero_if_not_found,
     )
     request = header.to_request(RequestCode.QUERY_CONSUMER_OFFSET)
     response = await client.invoke(address, request, timeout)

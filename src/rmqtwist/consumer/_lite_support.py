@@ -19,13 +19,13 @@ from rmqtwist.command import RemotingCommand
 from rmqtwist.consumer._base import (
     Subscription,
     max_offset,
+    query_offset,
     search_offset,
 )
 
-# The push consumer's module holds ConsumeFrom, the offset query both consumers make, and
-# the code-40 router of a client that the lite consumers' router hands requests on to.
+# The push consumer's module holds ConsumeFrom and the code-40 router of a client that
+# the lite consumers' router hands requests on to.
 from rmqtwist.consumer._push import ConsumeFrom as ConsumeFrom
-from rmqtwist.consumer._push import _query_offset
 from rmqtwist.consumer._push import _router as _push_router
 from rmqtwist.headers import NotifyConsumerIdsChangedRequestHeader
 from rmqtwist.interfaces import IRequestContext, IRequestProcessor
@@ -123,8 +123,10 @@ async def start_offset(
 ) -> int:
     """Where ``group`` starts ``queue``: its committed offset, else by ``consume_from``
     (a ConsumeFrom value): 0, the offset stored nearest ``timestamp`` (s), or the end.
-    The query says setZeroIfNotFound=false, as the push consumer's (see there)."""
-    committed = await _query_offset(client, address, group, queue)
+    The query says setZeroIfNotFound=false, as the push consumer's does."""
+    committed = await query_offset(
+        client, address, group, queue, timeout, set_zero_if_not_found=False
+    )
     if committed is not None and committed >= 0:
         return committed
     if consume_from == "CONSUME_FROM_FIRST_OFFSET":

@@ -33,15 +33,13 @@ from rmqtwist.consumer._base import (
     consumer_ids,
     heartbeat_request,
     max_offset,
+    query_offset,
     retry_topic,
     search_offset,
     unregister_request,
 )
 from rmqtwist.consumer._process_queue import LocalOffsets, ProcessQueue
 from rmqtwist.consumer._push_consume import ConsumeResult, _Consuming
-from rmqtwist.consumer._push_consume import (
-    _query_offset as _query_offset,
-)  # the lite consumer's too
 from rmqtwist.headers import (
     NotifyConsumerIdsChangedRequestHeader,
 )
@@ -510,7 +508,9 @@ class PushConsumer(_Consuming):
             if local is not None:
                 return local
         else:
-            committed = await _query_offset(self.client, address, self.group, queue)
+            committed = await query_offset(
+                self.client, address, self.group, queue, set_zero_if_not_found=False
+            )
             if committed is not None and committed >= 0:
                 self._persisted[queue] = committed
                 return committed

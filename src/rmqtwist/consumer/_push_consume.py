@@ -14,7 +14,6 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from rmqtwist.client import RemotingClient
-from rmqtwist.codes import RequestCode, ResponseCode
 from rmqtwist.consumer._base import (
     ConsumerError,
     PullStatus,
@@ -26,7 +25,6 @@ from rmqtwist.consumer._base import (
     update_offset,
 )
 from rmqtwist.consumer._process_queue import LocalOffsets, ProcessQueue
-from rmqtwist.headers import QueryConsumerOffsetRequestHeader, QueryConsumerOffsetResponseHeader
 from rmqtwist.message import MessageExt
 from rmqtwist.routing import MessageQueue, RouteTable
 
@@ -50,30 +48,6 @@ class ConsumeResult(enum.Enum):
     RETRY = "RETRY"
     #: Orderly only: try the same message again after ``suspend_time``, no send-back.
     SUSPEND = "SUSPEND"
-
-
-async def _query_offset(
-    client: RemotingClient, address: str, group: str, queue: MessageQueue
-) -> int | None:
-    """QUERY_CONSUMER_OFFSET (14) with setZeroIfNotFound=false, as Java 5 asks: a group
-    new to a queue gets QUERY_NOT_FOUND (None), so ``consume_from`` decides where it
-    starts. (A 4.x broker ignores the field and answers 0 for a queue whose first
-    message it still holds, which is what Java 4.9's consumers see.)"""
-    header = QueryConsumerOffsetRequestHeader(
-        consumer_group=group,
-        topic=queue.topic,
-        queue_id=queue.queue_id,
-        set_zero_if_not_found=False,
-    )
-    request = header.to_request(RequestCode.QUERY_CONSUMER_OFFSET)
-    response = await client.invoke(address, request, 3.0)
-    if response.code == ResponseCode.QUERY_NOT_FOUND:
-        return None
-    if response.code != ResponseCode.SUCCESS:
-        raise ConsumerError(
-            f"query the offset of {queue}: code {response.code} {response.remark or ''}"
-        )
-    return QueryConsumerOffsetResponseHeader.from_command(response).offset
 
 
 class _Consuming:

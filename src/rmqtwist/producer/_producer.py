@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import enum
-import json
 import os
 import zlib
 from collections.abc import Callable, Iterable, Sequence
@@ -19,6 +18,7 @@ from rmqtwist.acl import AclClientHook, Credentials
 from rmqtwist.client import RemotingClient
 from rmqtwist.codes import RequestCode, ResponseCode
 from rmqtwist.command import RemotingCommand
+from rmqtwist.consumer._base import heartbeat_request
 from rmqtwist.errors import RemotingCallError, RemotingError
 from rmqtwist.headers import (
     SendMessageRequestHeaderV2,
@@ -280,12 +280,7 @@ class Producer:
     # -- heartbeats -------------------------------------------------------------------
 
     def _heartbeat_request(self) -> RemotingCommand:
-        body = {
-            "clientID": self.client_id,
-            "producerDataSet": [{"groupName": self.group}, {"groupName": "CLIENT_INNER_PRODUCER"}],
-            "consumerDataSet": [],
-        }
-        return RemotingCommand.request(RequestCode.HEART_BEAT, body=json.dumps(body).encode())
+        return heartbeat_request(self.client_id, (), (self.group, "CLIENT_INNER_PRODUCER"))
 
     def _heartbeat(self, address: str) -> Deferred[Any]:
         d = self.client.invoke(address, self._heartbeat_request(), self.send_timeout)

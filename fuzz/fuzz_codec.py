@@ -61,6 +61,12 @@ def seeds() -> list[bytes]:
     )
     frames = [encode_frame(command, stype) for stype in SerializeType]
     frames.append(encode_frame(RemotingCommand(code=11, body=b"x" * 8), SerializeType.ROCKETMQ))
+    # A JSON header as other peers write it: numbers, nesting, escapes and a non-whole number.
+    text = (
+        b'{"code":310,"flag":0,"language":"JAVA","opaque":7,"serializeTypeCurrentRPC":"JSON",'
+        b'"version":395,"remark":"\\u00e9","extFields":{"a":1.5e3,"b":[1,{"c":null}],"d":true}}'
+    )
+    frames.append((4 + len(text)).to_bytes(4, "big") + len(text).to_bytes(4, "big") + text)
     record = bytes(
         encode_record(
             topic="T",

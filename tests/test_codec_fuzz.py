@@ -308,6 +308,31 @@ def test_deep_json_is_malformed_not_a_recursion_error(depth: int, template: str,
             assert str(caught.value) == "JSON header is nested too deeply"  # type: ignore[union-attr]
 
 
+@pytest.mark.parametrize(
+    "number",
+    ["1e868888888888888000000", "-8E99999999999999999999", "0.5e-99999999999999999999", "1e999999"],
+)
+@pytest.mark.parametrize(
+    "template",
+    ["{n}", '{{"code":1,"extFields":{{"k":{n}}}}}', '{{"code":1,"version":{n}}}'],
+)
+def test_json_number_past_decimal_range_is_malformed(number: str, template: str) -> None:
+    # Found by the atheris fuzzer in CI: an exponent past what Decimal holds made the JSON
+    # parser raise decimal.InvalidOperation, which FrameDecoder could only report as an
+    # "undecodable frame". A number Decimal can hold (1e999999) is still read.
+    frame = wrap(template.format(n=number).encode(), b"", 0)
+    in_range = number == "1e999999"
+    for decode in (decode_frame, lambda d: FrameDecoder(max_header_length=None).feed(d)):
+        try:
+            decode(frame)
+        except MalformedFrame as e:
+            assert not str(e).startswith("undecodable frame"), e
+            if not in_range:
+                assert str(e) == "JSON header holds a number out of any range"
+        else:
+            assert in_range and "extFields" in template
+
+
 # ---------------------------------------------------------------------------
 # Message records and batches
 # ---------------------------------------------------------------------------

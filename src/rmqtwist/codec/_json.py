@@ -164,6 +164,10 @@ def _decode_json_header(
             header = _json_decode(text)
         except ValueError as e:
             raise MalformedFrame(f"JSON header is not valid JSON: {e}") from None
+        except ArithmeticError:
+            # decimal.InvalidOperation: a number whose exponent is past what Decimal holds
+            # (1e868888888888888000000), found by the fuzzer.
+            raise MalformedFrame("JSON header holds a number out of any range") from None
         if type(header) is not dict:
             raise MalformedFrame(f"JSON header is not an object: {text[:64]!r}")
         if "\\u" in text and _SURROGATE_ESCAPE.search(text) is not None:

@@ -12,6 +12,7 @@ from twisted.internet.task import Clock
 from rmqtwist.codes import RequestCode, ResponseCode
 from rmqtwist.command import RemotingCommand
 from rmqtwist.consumer import ConsumeFrom, PullConsumer
+from rmqtwist.consumer._notify import notify_router
 from rmqtwist.errors import ConnectError
 from rmqtwist.routing import MessageQueue
 
@@ -247,24 +248,21 @@ def test_notify_router_calls_only_its_group() -> None:
     clock.advance(0)
     assert client.codes().count(RequestCode.GET_CONSUMER_LIST_BY_GROUP) == before
     assert router.reject_request() is False
+    assert router.watching("G") == 1
     consumer.shutdown()
-    assert "G" not in router.groups
+    assert router.watching("G") == 0
 
 
 def test_a_shared_client_notifies_push_consumers_too() -> None:
-    import weakref
-
-    from rmqtwist.consumer._push import _router as push_router
-
     clock, client = Clock(), FakeClient()
     calls: list[float] = []
 
     class Push:
-        def _request_rebalance(self, delay: float) -> None:
-            calls.append(delay)
+        def _notified(self) -> None:
+            calls.append(0.1)
 
     push = Push()
-    push_router(client).consumers["P"] = weakref.WeakSet([push])  # type: ignore[list-item]
+    notify_router(client).watch("P", push._notified)  # type: ignore[arg-type]
     consumer = make(clock, client)
     consumer.subscribe("T")
     consumer.start()

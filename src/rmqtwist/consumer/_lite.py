@@ -51,10 +51,10 @@ from rmqtwist.consumer._lite_support import (
     ConsumeFrom,
     QueueState,
     Room,
-    notify_router,
     start_offset,
     take_batch,
 )
+from rmqtwist.consumer._notify import notify_router
 from rmqtwist.message import MessageExt
 from rmqtwist.routing import MessageQueue, RouteError, RouteTable, split_addresses
 
@@ -208,7 +208,7 @@ class PullConsumer(LiteGroup):
         if self._state != "new":
             return fail(ConsumerClosedError("the consumer has been shut down"))
         self._state = "running"
-        notify_router(self.client).groups[self.group] = self._notified
+        notify_router(self.client).watch(self.group, self._notified)
         timers = [
             (self.heartbeat_interval, lambda: ensureDeferred(self._heartbeat_all())),
             (self.rebalance_interval, self.rebalance),
@@ -258,9 +258,7 @@ class PullConsumer(LiteGroup):
         was_running = self._state == "running"
         self._state = "stopping"
         if was_running:
-            router = notify_router(self.client)
-            if router.groups.get(self.group) == self._notified:
-                del router.groups[self.group]
+            notify_router(self.client).unwatch(self.group, self._notified)
         for loop in self._loops:
             if loop.running:
                 loop.stop()

@@ -4,18 +4,14 @@ NOTIFY_CONSUMER_IDS_CHANGED router."""
 
 from __future__ import annotations
 
-import weakref
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
-from zope.interface import implementer
 
 from rmqtwist.client import RemotingClient
-from rmqtwist.codes import RequestCode
-from rmqtwist.command import RemotingCommand
 from rmqtwist.consumer._base import (
     Subscription,
     max_offset,
@@ -26,9 +22,6 @@ from rmqtwist.consumer._base import (
 # The push consumer's module holds ConsumeFrom and the code-40 router of a client that
 # the lite consumers' router hands requests on to.
 from rmqtwist.consumer._push import ConsumeFrom as ConsumeFrom
-from rmqtwist.consumer._push import _router as _push_router
-from rmqtwist.headers import NotifyConsumerIdsChangedRequestHeader
-from rmqtwist.interfaces import IRequestContext, IRequestProcessor
 from rmqtwist.message import MessageExt
 from rmqtwist.routing import MessageQueue
 
@@ -134,42 +127,3 @@ async def start_offset(
     if consume_from == "CONSUME_FROM_TIMESTAMP":
         return await search_offset(client, address, queue, int(timestamp * 1000), timeout)
     return await max_offset(client, address, queue, timeout)
-
-
-@implementer(IRequestProcessor)
-class NotifyRouter:
-    """The NOTIFY_CONSUMER_IDS_CHANGED (40) processor of one client: calls the callback
-    of the request's consumer group, so several consumers may share a client, and hands
-    the request on to the push consumers' router (one processor per code per client)."""
-
-    def __init__(self, push: IRequestProcessor) -> None:
-        self.groups: dict[str, Callable[[], None]] = {}
-        self.push = push
-
-    def process_request(self, context: IRequestContext, request: RemotingCommand) -> None:
-        try:
-            group = NotifyConsumerIdsChangedRequestHeader.from_command(request).consumer_group
-        except ValueError as error:
-            _log.info("Ignoring an unreadable NOTIFY_CONSUMER_IDS_CHANGED: {e}", e=error)
-            return None
-        callback = self.groups.get(group)
-        if callback is not None:
-            callback()
-        self.push.process_request(context, request)
-        return None
-
-    def reject_request(self) -> bool:
-        return False
-
-
-_ROUTERS: weakref.WeakKeyDictionary[Any, NotifyRouter] = weakref.WeakKeyDictionary()
-
-
-def notify_router(client: RemotingClient) -> NotifyRouter:
-    """``client``'s NOTIFY_CONSUMER_IDS_CHANGED router, registered on it the first time
-    (after the push consumers' own, which it then calls: either kind may come first)."""
-    router = _ROUTERS.get(client)
-    if router is None:
-        router = _ROUTERS[client] = NotifyRouter(_push_router(client))
-        client.register_processor(RequestCode.NOTIFY_CONSUMER_IDS_CHANGED, router)
-    return router

@@ -6,7 +6,6 @@ from __future__ import annotations
 import enum
 import inspect
 import os
-import weakref
 from collections.abc import Callable, Iterable
 from typing import Any, Union
 
@@ -19,12 +18,9 @@ from twisted.internet.defer import (
 )
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from zope.interface import implementer
 
 from rmqtwist.acl import AclClientHook, Credentials
 from rmqtwist.client import RemotingClient
-from rmqtwist.codes import RequestCode
-from rmqtwist.command import RemotingCommand
 from rmqtwist.consumer._base import (
     ConsumerData,
     ConsumerError,
@@ -38,12 +34,9 @@ from rmqtwist.consumer._base import (
     search_offset,
     unregister_request,
 )
+from rmqtwist.consumer._notify import notify_router
 from rmqtwist.consumer._process_queue import LocalOffsets, ProcessQueue
 from rmqtwist.consumer._push_consume import ConsumeResult, _Consuming
-from rmqtwist.headers import (
-    NotifyConsumerIdsChangedRequestHeader,
-)
-from rmqtwist.interfaces import IRequestContext, IRequestProcessor
 from rmqtwist.message import MessageExt
 from rmqtwist.routing import MessageQueue, RouteTable, TopicRoute, split_addresses
 
@@ -68,39 +61,6 @@ class ConsumeFrom(enum.Enum):
 ListenerResult = Union[None, bool, ConsumeResult]  # noqa: UP007 (a runtime alias)
 #: The listener: a plain function, a coroutine function or one returning a Deferred.
 Listener = Callable[[MessageExt], Any]
-
-
-@implementer(IRequestProcessor)
-class _NotifyRouter:
-    """The NOTIFY_CONSUMER_IDS_CHANGED (40) processor of one client: tells the push
-    consumers of the group named to rebalance soon."""
-
-    def __init__(self) -> None:
-        self.consumers: dict[str, weakref.WeakSet[PushConsumer]] = {}
-
-    def process_request(self, context: IRequestContext, request: RemotingCommand) -> None:
-        try:
-            group = NotifyConsumerIdsChangedRequestHeader.from_command(request).consumer_group
-        except Exception as error:
-            _log.info("Ignoring an unreadable NOTIFY_CONSUMER_IDS_CHANGED: {error}", error=error)
-            return None
-        for consumer in list(self.consumers.get(group, ())):
-            consumer._request_rebalance(0.1)
-        return None
-
-    def reject_request(self) -> bool:
-        return False
-
-
-_ROUTERS: weakref.WeakKeyDictionary[RemotingClient, _NotifyRouter] = weakref.WeakKeyDictionary()
-
-
-def _router(client: RemotingClient) -> _NotifyRouter:
-    router = _ROUTERS.get(client)
-    if router is None:
-        router = _ROUTERS[client] = _NotifyRouter()
-        client.register_processor(RequestCode.NOTIFY_CONSUMER_IDS_CHANGED, router)
-    return router
 
 
 class PushConsumer(_Consuming):
@@ -243,7 +203,7 @@ class PushConsumer(_Consuming):
         return ensureDeferred(self._start())
 
     async def _start(self) -> None:
-        _router(self.client).consumers.setdefault(self.group, weakref.WeakSet()).add(self)
+        notify_router(self.client).watch(self.group, self._notified)
         await self._fetch_routes()
         await self._heartbeat_all()
         await self._rebalance_now()
@@ -318,9 +278,7 @@ class PushConsumer(_Consuming):
         if self.orderly and self.clustering:
             await self._unlock([q for q in queues if self._queues[q].locked])
         self._queues.clear()
-        router = _ROUTERS.get(self.client)
-        if router is not None and self.group in router.consumers:
-            router.consumers[self.group].discard(self)
+        notify_router(self.client).unwatch(self.group, self._notified)
         request = unregister_request(self.client_id, consumer_group=self.group)
         await DeferredList(
             [self.client.invoke(a, request, 3.0) for a in self._broker_addresses()],
@@ -369,6 +327,10 @@ class PushConsumer(_Consuming):
                 _log.info("Heartbeat failed: {error}", error=getattr(outcome, "value", outcome))
 
     # -- rebalance --------------------------------------------------------------------
+
+    def _notified(self) -> None:
+        # NOTIFY_CONSUMER_IDS_CHANGED for this group: a member came or went.
+        self._request_rebalance(0.1)
 
     def _request_rebalance(self, delay: float) -> None:
         """Rebalance after ``delay`` s (once, however often asked meanwhile)."""

@@ -7,6 +7,8 @@
   :class:`AclConfig` — accounts read from Apache's ``plain_acl.yml`` format by
   :func:`load_acl_file` (or :class:`AclFile`, which reloads it when it changes) — and
   refuses what is not allowed with NO_PERMISSION (16) and a remark saying why.
+- :func:`load_credentials` reads a client's keys from a file of Apache's ``tools.yml``
+  form.
 
 The signature is the base64 HMAC-SHA1, under the secret key, of the request's ext_fields
 values in key order followed by its body (``../protocol.md`` §6). Secrets never appear
@@ -22,7 +24,13 @@ from rmqtwist.acl._config import (
     parse_acl,
     parse_permission,
 )
-from rmqtwist.acl._hooks import AclClientHook, AclFile, AclServerHook, load_acl_file
+from rmqtwist.acl._hooks import (
+    AclClientHook,
+    AclFile,
+    AclServerHook,
+    load_acl_file,
+    load_credentials,
+)
 from rmqtwist.acl._sign import (
     ACCESS_KEY,
     SECURITY_TOKEN,
@@ -31,11 +39,18 @@ from rmqtwist.acl._sign import (
     sign,
     signature,
 )
-from rmqtwist.acl._verify import ADMIN_CODES, AclDenied, check_request, needed_permissions
+from rmqtwist.acl._verify import (
+    ADMIN_CODES,
+    NAME_SERVER_ADMIN_CODES,
+    AclDenied,
+    check_request,
+    needed_permissions,
+)
 
 __all__ = [
     "ACCESS_KEY",
     "ADMIN_CODES",
+    "NAME_SERVER_ADMIN_CODES",
     "SECURITY_TOKEN",
     "SIGNATURE",
     "Account",
@@ -50,6 +65,7 @@ __all__ = [
     "Permission",
     "check_request",
     "load_acl_file",
+    "load_credentials",
     "needed_permissions",
     "parse_acl",
     "parse_permission",

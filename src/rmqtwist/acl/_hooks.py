@@ -17,7 +17,7 @@ from rmqtwist.command import RemotingCommand
 from rmqtwist.errors import RPCHookAbort
 from rmqtwist.interfaces import IRPCHook
 
-__all__ = ["AclClientHook", "AclFile", "AclServerHook", "load_acl_file"]
+__all__ = ["AclClientHook", "AclFile", "AclServerHook", "load_acl_file", "load_credentials"]
 
 _log = Logger()
 
@@ -98,6 +98,40 @@ def load_acl_file(path: str) -> AclConfig:
         return parse_acl(data)
     except AclConfigError as error:
         raise AclConfigError(f"{path}: {error}") from None
+
+
+def load_credentials(path: str) -> Credentials:
+    """The :class:`Credentials` in a YAML file of Apache's ``tools.yml`` form (the file
+    ``mqadmin`` signs with)::
+
+        accessKey: RocketMQ
+        secretKey: 12345678
+        securityToken: ...   # optional
+
+    :class:`AclConfigError` naming the file and the field (never the secret) for one
+    that cannot be read or used."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data: Any = yaml.safe_load(handle)
+    except OSError as error:
+        raise AclConfigError(f"{path}: cannot read: {error.strerror or error}") from None
+    except yaml.YAMLError:
+        # The YAML error quotes the line, which may hold the secret.
+        raise AclConfigError(f"{path}: not valid YAML") from None
+    if not isinstance(data, dict):
+        raise AclConfigError(f"{path}: must hold accessKey and secretKey")
+    values: dict[str, str | None] = {}
+    for field in ("accessKey", "secretKey", "securityToken"):
+        value = data.get(field)
+        if value is not None and not isinstance(value, (str, int)):
+            raise AclConfigError(f"{path}: {field} must be text")
+        values[field] = None if value is None else str(value)
+    access_key, secret_key = values["accessKey"], values["secretKey"]
+    if not access_key or not secret_key:
+        raise AclConfigError(f"{path}: needs both accessKey and secretKey")
+    return Credentials(access_key, secret_key, values["securityToken"] or None)
 
 
 class AclFile:

@@ -20,7 +20,13 @@ from rmqtwist.acl._sign import ACCESS_KEY, SIGNATURE, UNIQUE_KEY_QUERY, signatur
 from rmqtwist.codes import RequestCode
 from rmqtwist.command import RemotingCommand
 
-__all__ = ["ADMIN_CODES", "AclDenied", "check_request", "needed_permissions"]
+__all__ = [
+    "ADMIN_CODES",
+    "NAME_SERVER_ADMIN_CODES",
+    "AclDenied",
+    "check_request",
+    "needed_permissions",
+]
 
 _RETRY: Final = "%RETRY%"
 #: Codes only an admin account may send (Java's ``Permission.ADMIN_CODE``).
@@ -31,6 +37,17 @@ ADMIN_CODES: Final = frozenset(
         RequestCode.DELETE_TOPIC_IN_BROKER,
         RequestCode.UPDATE_AND_CREATE_SUBSCRIPTIONGROUP,
         RequestCode.DELETE_SUBSCRIPTIONGROUP,
+    }
+)
+#: Name-server codes that change routes, which only an admin account may send either.
+#: Apache's name server checks no ACL; the dev broker is its own name server, and a
+#: plain account registering a broker of its own (or deleting a topic) could send other
+#: clients' messages anywhere.
+NAME_SERVER_ADMIN_CODES: Final = frozenset(
+    {
+        RequestCode.REGISTER_BROKER,
+        RequestCode.UNREGISTER_BROKER,
+        RequestCode.DELETE_TOPIC_IN_NAMESRV,
     }
 )
 _TRACE_TOPIC: Final = "RMQ_SYS_TRACE_TOPIC"
@@ -131,7 +148,9 @@ def check_request(config: AclConfig, remote_address: str, request: RemotingComma
         raise AclDenied(f"the request has no Signature (AccessKey {access_key!r})")
     if not hmac.compare_digest(expected.encode("ascii"), given.encode("utf-8", "replace")):
         raise AclDenied(f"wrong Signature for AccessKey {access_key!r}")
-    if request.code in ADMIN_CODES and not account.admin:
+    if (request.code in ADMIN_CODES or request.code in NAME_SERVER_ADMIN_CODES) and not (
+        account.admin
+    ):
         raise AclDenied(
             f"request code {request.code} needs an admin account; {access_key!r} is not one"
         )

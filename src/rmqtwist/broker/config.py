@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rmqtwist.acl import Credentials
 
 __all__ = ["DEFAULT_DELAY_LEVELS", "BrokerConfig"]
 
@@ -83,6 +87,10 @@ class BrokerConfig:
     #: its topics change, UNREGISTER_BROKER on a clean stop. None: this broker is in its
     #: own routes only. Brokers sharing a name server need distinct ``broker_name``.
     name_server: str | None = None
+    #: The ACL keys (:class:`~rmqtwist.acl.Credentials`) registrations with
+    #: ``name_server`` are signed with, for a name server that checks an ACL (another dev
+    #: broker with ``--acl-file``). None: unsigned, as Apache 4.x brokers send them.
+    name_server_credentials: Credentials | None = None
     #: Seconds between registrations (Apache's ``registerNameServerPeriod``).
     register_interval: float = 30.0
     #: How long one registration may take (Apache's ``registerBrokerTimeoutMills``).

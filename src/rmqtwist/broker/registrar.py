@@ -20,6 +20,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from rmqtwist.acl import AclClientHook
 from rmqtwist.broker.registry import (
     MASTER_ID,
     DataVersion,
@@ -34,6 +35,7 @@ from rmqtwist.client import ClientConfig, RemotingClient
 from rmqtwist.codes import RequestCode, ResponseCode, Version
 
 if TYPE_CHECKING:
+    from rmqtwist.acl import Credentials
     from rmqtwist.broker.core import Broker
     from rmqtwist.broker.topics import TopicConfig
     from rmqtwist.command import RemotingCommand
@@ -88,9 +90,12 @@ class BrokerRegistrar:
     """Registers ``broker`` at ``address`` with ``name_servers``.
 
     ``client`` is the :class:`~rmqtwist.client.RemotingClient` to use (default: one of
-    its own, closed by :meth:`stop`). The interval, timeout and body form come from the
-    broker's :class:`~rmqtwist.broker.config.BrokerConfig`; ``check_interval`` is how
-    often the topics are looked at for a change that registers at once.
+    its own, closed by :meth:`stop`). With ``credentials``
+    (:class:`~rmqtwist.acl.Credentials`) its own client signs every request, for a name
+    server that checks an ACL; a given ``client`` is used as it is. The interval,
+    timeout and body form come from the broker's
+    :class:`~rmqtwist.broker.config.BrokerConfig`; ``check_interval`` is how often the
+    topics are looked at for a change that registers at once.
     """
 
     def __init__(
@@ -100,8 +105,14 @@ class BrokerRegistrar:
         address: str,
         *,
         client: RemotingClient | None = None,
+        credentials: Credentials | None = None,
         check_interval: float = 1.0,
     ) -> None:
+        if client is not None and credentials is not None:
+            raise ValueError(
+                "give credentials or a client, not both: register an AclClientHook on "
+                "the client instead"
+            )
         self.broker = broker
         self.name_servers = list(name_servers)
         self.address = address
@@ -109,6 +120,8 @@ class BrokerRegistrar:
         self.client = (
             client if client is not None else RemotingClient(broker.reactor, _CLIENT_CONFIG)
         )
+        if credentials is not None:
+            self.client.register_rpc_hook(AclClientHook(credentials))
         self.check_interval = check_interval
         self.data_version = DataVersion(broker.now_ms(), 0)
         self._fingerprint: _Fingerprint | None = None

@@ -207,7 +207,12 @@ class BrokerService(Service):
             return
         if self._stopping:
             return
-        self.registrar = BrokerRegistrar(self.broker, name_servers, address)
+        self.registrar = BrokerRegistrar(
+            self.broker,
+            name_servers,
+            address,
+            credentials=self.config.name_server_credentials,
+        )
         await self.registrar.start()
 
     def broker_address(self, ports: list[IListeningPort], name_server: str) -> str | None:

@@ -93,6 +93,7 @@ class Options(usage.Options):
         self["broker-options-given"] = []
         self["topics"] = []
         self["name-server"] = []
+        self["name-server-credentials"] = None
         self["tls-mode"] = None
         self["tls-cert"] = None
         self["tls-key"] = None
@@ -212,6 +213,15 @@ class Options(usage.Options):
         if not self["name-server"]:
             raise usage.UsageError("--name-server needs a host:port")
         self._broker_option("name-server")
+
+    def opt_name_server_credentials(self, path: str) -> None:
+        """FILE: sign the registrations with the ACL keys in FILE (Apache's tools.yml
+        form: accessKey, secretKey), for a name server that checks an ACL (another dev
+        broker with --acl-file) [default: unsigned]."""
+        if not path:
+            raise usage.UsageError("--name-server-credentials needs a file")
+        self["name-server-credentials"] = path
+        self._broker_option("name-server-credentials")
 
     def opt_version(self) -> NoReturn:
         """Print rmqtwist's version and exit."""
@@ -402,6 +412,8 @@ class Options(usage.Options):
             raise usage.UsageError("--all-interfaces applies to --port, not to --listen")
         _check_processors(self["processors"])
         _check_tls(self)
+        if self["name-server-credentials"] is not None and not self["name-server"]:
+            raise usage.UsageError("--name-server-credentials needs --name-server")
         if self["processors"] and self["broker-options-given"]:
             given = ", ".join(f"--{name}" for name in self["broker-options-given"])
             raise usage.UsageError(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.python import usage
 
@@ -17,6 +17,9 @@ from rmqtwist.server import (
 from rmqtwist.tap._options import Options
 from rmqtwist.tap._plugins import _exit_with_usage_error, _program
 from rmqtwist.tls import TLSMode, listen_endpoint, server_tls_options
+
+if TYPE_CHECKING:
+    from rmqtwist.acl import Credentials
 
 
 class _CommandLineServer(RemotingServer):
@@ -73,6 +76,7 @@ def broker_config(options: Options) -> BrokerConfig:
         transaction_check_interval=options["transaction-check-interval"],
         topics=tuple(options["topics"]),
         name_server=";".join(options["name-server"]) or None,
+        name_server_credentials=_name_server_credentials(options),
     )
 
 
@@ -115,6 +119,18 @@ def _make_broker(options: Options, server_class: type[RemotingServer]) -> Broker
         service.factory.register_rpc_hook(hook)
     _listen_all(service.server, options)
     return service
+
+
+def _name_server_credentials(options: Options) -> Credentials | None:
+    path: str | None = options["name-server-credentials"]
+    if path is None:
+        return None
+    from rmqtwist.acl import AclConfigError, load_credentials
+
+    try:
+        return load_credentials(path)
+    except AclConfigError as e:
+        raise usage.UsageError(f"--name-server-credentials {e}") from None
 
 
 def _acl_file(options: Options) -> str | None:

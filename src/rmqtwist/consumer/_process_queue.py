@@ -31,6 +31,8 @@ class ProcessQueue:
         self.dropped = False
         #: Orderly: the broker granted this client the queue's lock.
         self.locked = False
+        #: Orderly: when (reactor seconds) the broker last granted it.
+        self.lock_time = 0.0
         #: Orderly: a consume loop runs for this queue.
         self.consuming = False
         self._messages: dict[int, MessageExt] = {}

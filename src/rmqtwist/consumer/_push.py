@@ -419,6 +419,7 @@ class PushConsumer(_Consuming):
         for queue in sorted(current - mine):
             await self._drop(queue)
         added = sorted(mine - current)
+        locked_at = self.reactor.seconds()  # (orderly) the broker's lease starts after
         if self.orderly and self.clustering and added:
             added = sorted(await self._lock(added))
         for queue in added:
@@ -435,6 +436,7 @@ class PushConsumer(_Consuming):
                 continue
             process_queue = ProcessQueue(queue, offset)
             process_queue.locked = True
+            process_queue.lock_time = locked_at
             self._queues[queue] = process_queue
             self._offsets[queue] = offset
             _log.info(

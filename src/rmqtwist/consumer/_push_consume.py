@@ -39,6 +39,10 @@ SEND_BACK_RETRY: Final = 5.0
 #: How long the broker holds a pull with nothing to give, and the pull's timeout.
 PULL_SUSPEND: Final = 15.0
 PULL_TIMEOUT: Final = 30.0
+#: Seconds an orderly queue's lock is trusted after the broker last granted it (Java's
+#: client-side REBALANCE_LOCK_MAX_LIVE_TIME): the broker's lease is 60 s, renewed every
+#: ``lock_interval`` (20 s); past this the queue waits for a renewal.
+LOCK_MAX_LIVE: Final = 30.0
 
 
 class ConsumeResult(enum.Enum):
@@ -90,6 +94,15 @@ class _Consuming:
             error=failure.value,
         )
 
+    def _may_consume(self, pq: ProcessQueue) -> bool:
+        """Whether ``pq``'s messages may go to the listener now: not dropped and, orderly
+        in clustering, locked at the broker no more than :data:`LOCK_MAX_LIVE` s ago."""
+        if pq.dropped or self._stopping:
+            return False
+        if not (self.orderly and self.clustering):
+            return True
+        return pq.locked and self.reactor.seconds() - pq.lock_time <= LOCK_MAX_LIVE
+
     def _address(self, queue: MessageQueue) -> str | None:
         route = self.routes.cached(queue.topic)
         return route.address(queue.broker_name) if route is not None else None
@@ -99,6 +112,11 @@ class _Consuming:
     async def _pull_loop(self, pq: ProcessQueue, subscription: Subscription) -> None:
         queue = pq.queue
         while not pq.dropped and not self._stopping:
+            if self.orderly and self.clustering and not pq.locked:
+                # Another member holds it: no pull (its commit offset would overwrite
+                # the holder's) until a renewal gets the lock back, as Java does.
+                await self._sleep(PULL_ERROR_BACKOFF)
+                continue
             room = min(
                 self.max_cached_messages - pq.cached_messages,
                 self.pull_batch_size,
@@ -189,11 +207,11 @@ class _Consuming:
         return ConsumeResult.RETRY
 
     async def _listen(self, pq: ProcessQueue, message: MessageExt) -> ConsumeResult | None:
-        """Call the listener within the concurrency cap; None when the queue was dropped
-        or the consumer stops before its turn came."""
+        """Call the listener within the concurrency cap; None when the queue was dropped,
+        the consumer stops or (orderly) the lock is gone before its turn came."""
         await self._slots.acquire()
         try:
-            if pq.dropped or self._stopping:
+            if not self._may_consume(pq):
                 return None
             self._inflight += 1
             try:
@@ -246,13 +264,13 @@ class _Consuming:
         return True
 
     def _kick_orderly(self, pq: ProcessQueue) -> None:
-        if not pq.consuming and pq.locked:
+        if not pq.consuming and self._may_consume(pq):
             ensureDeferred(self._consume_orderly(pq)).addErrback(self._log_failure, "consuming")
 
     async def _consume_orderly(self, pq: ProcessQueue) -> None:
         pq.consuming = True
         try:
-            while pq.locked and not pq.dropped and not self._stopping:
+            while self._may_consume(pq):
                 message = pq.first()
                 if message is None:
                     return
@@ -330,7 +348,11 @@ class _Consuming:
                 grouped.setdefault(address, []).append(queue)
         return grouped
 
-    async def _lock(self, queues: Iterable[MessageQueue]) -> set[MessageQueue]:
+    async def _lock(
+        self, queues: Iterable[MessageQueue], answered: set[MessageQueue] | None = None
+    ) -> set[MessageQueue]:
+        """Lock ``queues``; gives those granted. The queues of the brokers that answered
+        (granted or not) are added to ``answered``."""
         granted: set[MessageQueue] = set()
         for address, batch in self._by_broker(queues).items():
             try:
@@ -339,6 +361,9 @@ class _Consuming:
                 )
             except Exception as error:
                 _log.info("Lock at {address} failed: {error}", address=address, error=error)
+                continue
+            if answered is not None:
+                answered.update(batch)
         return granted
 
     async def _unlock(self, queues: Iterable[MessageQueue]) -> None:
@@ -349,13 +374,24 @@ class _Consuming:
                 _log.info("Unlock at {address} failed: {error}", address=address, error=error)
 
     async def _renew_locks(self) -> None:
+        """Java's lockAll: a queue granted is locked as of now (and consumed again if it
+        had stopped); one its broker left out is not; when a broker did not answer,
+        its queues stay as they were, consumed until their locks are too old."""
         held = list(self._queues)
-        granted = await self._lock(held)
+        answered: set[MessageQueue] = set()
+        sent = self.reactor.seconds()  # the broker's lease starts after this
+        granted = await self._lock(held, answered)
         for queue in held:
             process_queue = self._queues.get(queue)
             if process_queue is None:
                 continue
-            was = process_queue.locked
-            process_queue.locked = queue in granted
-            if process_queue.locked and not was:
+            if queue in granted:
+                process_queue.locked = True
+                process_queue.lock_time = sent
                 self._kick_orderly(process_queue)
+            elif queue in answered:
+                if process_queue.locked:
+                    _log.info(
+                        "Consumer {group} lost the lock of {queue}", group=self.group, queue=queue
+                    )
+                process_queue.locked = False

@@ -9,9 +9,13 @@ connection), is a crash.
 
     python fuzz/fuzz_codec.py -max_total_time=60      # add a corpus directory to keep one
 
-Without a corpus directory it starts from a temporary one seeded with valid frames (JSON and
+Without a corpus directory it starts from a temporary one holding valid frames (JSON and
 ROCKETMQ headers), records and a batch, so that the fuzzer mutates the paths past the
-length checks rather than having to discover a valid header first.
+length checks rather than having to discover a valid header first, and a copy of
+``fuzz/corpus/``: what a 30-minute run (41.5M inputs, no crash) kept, so that the 60 s in
+CI start where that run ended. To grow it, give it as the corpus directory:
+
+    python fuzz/fuzz_codec.py fuzz/corpus -max_total_time=1800
 """
 
 from __future__ import annotations
@@ -89,6 +93,8 @@ def main() -> None:
         corpus = Path(tempfile.mkdtemp(prefix="rmqtwist-fuzz-corpus-"))
         for i, data in enumerate(seeds()):
             (corpus / f"seed-{i}").write_bytes(data)
+        for kept in (Path(__file__).parent / "corpus").iterdir():
+            (corpus / kept.name).write_bytes(kept.read_bytes())
         argv.append(str(corpus))
     atheris.Setup(argv, test_one_input)
     atheris.Fuzz()

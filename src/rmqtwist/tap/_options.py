@@ -215,9 +215,9 @@ class Options(usage.Options):
         self._broker_option("name-server")
 
     def opt_name_server_credentials(self, path: str) -> None:
-        """FILE: sign the registrations with the ACL keys in FILE (Apache's tools.yml
-        form: accessKey, secretKey), for a name server that checks an ACL (another dev
-        broker with --acl-file) [default: unsigned]."""
+        """FILE: sign the registrations with an admin account's ACL keys, read from FILE
+        (Apache's tools.yml form: accessKey, secretKey), for a name server that checks an
+        ACL (another dev broker with --acl-file) [default: unsigned]."""
         if not path:
             raise usage.UsageError("--name-server-credentials needs a file")
         self["name-server-credentials"] = path

@@ -2,8 +2,9 @@
 notebooks and threads.
 
 :class:`BlockingClient` offers the calls of :class:`~rmqtwist.client.RemotingClient`,
-:class:`BlockingProducer` those of :class:`~rmqtwist.producer.Producer` and
-:class:`BlockingConsumer` those of :class:`~rmqtwist.consumer.PullConsumer`, as functions
+:class:`BlockingProducer` those of :class:`~rmqtwist.producer.Producer`,
+:class:`BlockingTransactionProducer` those of :class:`~rmqtwist.producer.TransactionProducer`
+and :class:`BlockingConsumer` those of :class:`~rmqtwist.consumer.PullConsumer`, as functions
 that return a value or raise. The reactor runs in a background thread started by
 `crochet <https://crochet.readthedocs.io>`_ (``crochet.setup()``, which also sends
 Twisted's log to the standard :mod:`logging` module); every call is handed to that
@@ -35,6 +36,7 @@ asynchronous object underneath (``.client``, ``.producer``, ``.consumer``) there
 from rmqtwist.blocking._client import REACTOR_TIMEOUT, WAIT_MARGIN, BlockingClient
 from rmqtwist.blocking._consumer import BlockingConsumer
 from rmqtwist.blocking._producer import BlockingProducer
+from rmqtwist.blocking._transaction import BlockingTransactionProducer
 
 __all__ = [
     "REACTOR_TIMEOUT",
@@ -42,4 +44,5 @@ __all__ = [
     "BlockingClient",
     "BlockingConsumer",
     "BlockingProducer",
+    "BlockingTransactionProducer",
 ]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar, cast
 
 import crochet
 
@@ -33,20 +33,21 @@ _INSTEAD = "the asynchronous BlockingProducer.producer (a Producer)"
 #: once) and closing the client.
 _SHUTDOWN_WAIT = 15.0
 
+_P = TypeVar("_P", bound=Producer)
 
-class BlockingProducer:
-    """A :class:`~rmqtwist.producer.Producer` of ``group`` behind blocking methods.
 
-    ``name_servers`` is ``"host:port"``, ``"a:1;b:2"`` or a list; the keyword arguments
-    go to :class:`~rmqtwist.producer.Producer` as they are (``send_timeout``,
-    ``retries``, ``credentials``, ...; not ``reactor``: it runs on crochet's). Creating
-    one calls ``crochet.setup()`` and starts the producer, unless ``start=False`` (then
-    call :meth:`start`). Use it as a context manager, or call :meth:`shutdown` when done.
-    """
+class BlockingProducerBase(Generic[_P]):
+    """What the blocking producers share: making the asynchronous producer in the
+    reactor thread, starting it, waiting for a send's outcome, shutting down, and use as
+    a context manager. A subclass says how to make its producer (:meth:`_create`)."""
 
     #: The asynchronous producer underneath. Its methods must only be called in the
     #: reactor thread (e.g. through ``crochet.run_in_reactor``).
-    producer: Producer
+    producer: _P
+    #: What to use in the reactor thread instead, for RuntimeError's message.
+    _instead = _INSTEAD
+    #: The asynchronous class to make in the reactor thread instead of this one.
+    _asynchronous = "Producer"
 
     def __init__(
         self,
@@ -56,21 +57,27 @@ class BlockingProducer:
         start: bool = True,
         **producer_options: Any,
     ) -> None:
-        refuse_reactor_thread("BlockingProducer()", "Producer")
+        name = type(self).__name__
+        what = f"{name}()"
+        refuse_reactor_thread(what, self._asynchronous)
         if "reactor" in producer_options:
-            raise TypeError("BlockingProducer runs on crochet's reactor: do not pass reactor=")
+            raise TypeError(f"{name} runs on crochet's reactor: do not pass reactor=")
         crochet.setup()
         self.producer = quick(
-            lambda: Producer(group, name_servers, **producer_options),
-            what="BlockingProducer()",
-            instead="Producer",
+            lambda: self._create(group, name_servers, producer_options),
+            what=what,
+            instead=self._asynchronous,
         )
         if start:
             self.start()
 
+    def _create(self, group: str, name_servers: str | Iterable[str], options: dict[str, Any]) -> _P:
+        """Make the asynchronous producer; runs in the reactor thread."""
+        raise NotImplementedError
+
     def start(self) -> None:
         """Start the producer (its route refresh and heartbeat timers); again does nothing."""
-        quick(self.producer.start, what="start()", instead=_INSTEAD)
+        quick(self.producer.start, what="start()", instead=self._instead)
 
     # -- sending ----------------------------------------------------------------------
 
@@ -83,7 +90,9 @@ class BlockingProducer:
         return tries * (each + route) + WAIT_MARGIN
 
     def _send(self, what: str, method: Any, args: tuple[Any, ...], seconds: float) -> Any:
-        refuse_reactor_thread(what, _INSTEAD)
+        """Run ``method(*args)`` in the reactor thread and wait up to ``seconds`` for its
+        outcome."""
+        refuse_reactor_thread(what, self._instead)
         result = wait(method, args, seconds)
         if result is TIMED_OUT:
             raise RemotingTimeoutError(
@@ -91,6 +100,45 @@ class BlockingProducer:
                 "to report it)"
             )
         return result
+
+    # -- closing ----------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """Stop the timers, unregister from the brokers used and close the producer's own
+        client; return once done. Calling it again does nothing."""
+        refuse_reactor_thread("shutdown()", self._instead)
+        if wait(self.producer.shutdown, (), _SHUTDOWN_WAIT + REACTOR_TIMEOUT) is TIMED_OUT:
+            raise RemotingTimeoutError("shutdown(): the producer did not finish in time")
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.shutdown()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} group={self.producer.group!r}>"
+
+
+class BlockingProducer(BlockingProducerBase[Producer]):
+    """A :class:`~rmqtwist.producer.Producer` of ``group`` behind blocking methods.
+
+    ``name_servers`` is ``"host:port"``, ``"a:1;b:2"`` or a list; the keyword arguments
+    go to :class:`~rmqtwist.producer.Producer` as they are (``send_timeout``,
+    ``retries``, ``credentials``, ...; not ``reactor``: it runs on crochet's). Creating
+    one calls ``crochet.setup()`` and starts the producer, unless ``start=False`` (then
+    call :meth:`start`). Use it as a context manager, or call :meth:`shutdown` when done.
+    """
+
+    def _create(
+        self, group: str, name_servers: str | Iterable[str], options: dict[str, Any]
+    ) -> Producer:
+        return Producer(group, name_servers, **options)
 
     def send(
         self,
@@ -145,26 +193,3 @@ class BlockingProducer:
                 self._deadline(None, tries),
             ),
         )
-
-    # -- closing ----------------------------------------------------------------------
-
-    def shutdown(self) -> None:
-        """Stop the timers, unregister from the brokers used and close the producer's own
-        client; return once done. Calling it again does nothing."""
-        refuse_reactor_thread("shutdown()", _INSTEAD)
-        if wait(self.producer.shutdown, (), _SHUTDOWN_WAIT + REACTOR_TIMEOUT) is TIMED_OUT:
-            raise RemotingTimeoutError("shutdown(): the producer did not finish in time")
-
-    def __enter__(self) -> BlockingProducer:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.shutdown()
-
-    def __repr__(self) -> str:
-        return f"<BlockingProducer group={self.producer.group!r}>"

@@ -19,7 +19,9 @@ from rmqtwist.cli._common import (
     CommandError,
     DropReasons,
     Interrupt,
+    add_connection_options,
     address_arg,
+    check_connection,
     describe,
     key_value_arg,
     out,
@@ -27,7 +29,6 @@ from rmqtwist.cli._common import (
     unique_pairs,
 )
 from rmqtwist.cli._common import run as run_command
-from rmqtwist.client import ClientConfig, RemotingClient
 from rmqtwist.codec import DEFAULT_MAX_FRAME_LENGTH, encode_frame
 from rmqtwist.codes import LanguageCode, RequestCode, ResponseCode, SerializeType, code_name
 from rmqtwist.command import RemotingCommand
@@ -110,11 +111,13 @@ def add_parser(commands: Any) -> None:
         help="seconds for connecting, sending and the response (default 3)",
     )
     call.add_argument("--json", action="store_true", help="print the response as one JSON object")
+    add_connection_options(call)
     call.set_defaults(run=run, check=functools.partial(check, call))
 
 
 def check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Checks across arguments: each --ext key once."""
+    """Checks across arguments: each --ext key once; the connection options."""
+    check_connection(parser, args)
     args.ext = unique_pairs(parser, "--ext", args.ext)
 
 
@@ -220,7 +223,7 @@ def run(args: argparse.Namespace) -> int:
     )
 
     async def call(reactor: Any, interrupt: Interrupt) -> int:
-        client = RemotingClient(reactor, ClientConfig(connect_timeout=args.timeout))
+        client = args.connection.client(reactor, connect_timeout=args.timeout)
         reasons = DropReasons.on(client)
         started = time.perf_counter()
         response: RemotingCommand | None = None

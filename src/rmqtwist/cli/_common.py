@@ -1,10 +1,12 @@
 """What every command shares: exit statuses, one-line errors, stdout that may close,
-Ctrl-C, and running a command's coroutine on the reactor."""
+Ctrl-C, the connection options (TLS, ACL), and running a command's coroutine on the
+reactor."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import re
 import signal
@@ -17,7 +19,9 @@ from typing import Any, Final
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from zope.interface import implementer
 
-from rmqtwist.client import RemotingClient, parse_address
+from rmqtwist.acl import AclClientHook, Credentials
+from rmqtwist.client import ClientConfig, RemotingClient, parse_address
+from rmqtwist.codes import ResponseCode, code_name
 from rmqtwist.errors import (
     ConnectionLostError,
     FrameTooLarge,
@@ -175,6 +179,182 @@ def unique_pairs(
     return result
 
 
+# -- connecting: TLS and ACL ---------------------------------------------------------
+
+#: The environment variable the ACL secret key is read from (never a command-line option:
+#: it would show in ``ps`` and in the shell's history).
+SECRET_KEY_ENV: Final = "RMQTWIST_SECRET_KEY"
+#: The environment variable an ACL security token (STS) is read from, if any.
+SECURITY_TOKEN_ENV: Final = "RMQTWIST_SECURITY_TOKEN"
+
+
+def readable_file_arg(path: str) -> str:
+    """The path of a file that can be opened for reading."""
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as e:
+        raise argparse.ArgumentTypeError(f"cannot read {path}: {e.strerror or e}") from None
+    return path
+
+
+class _RefuseSecret(argparse.Action):
+    """``--secret-key``: refused without echoing its value (and taken before argparse
+    would read it as an abbreviation of ``--secret-key-file``)."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        parser.error(
+            f"argument {option_string}: the secret key is not taken on the command line "
+            f"(it would show in ps and the shell's history): set {SECRET_KEY_ENV} in the "
+            "environment or give --secret-key-file FILE"
+        )
+
+
+def add_connection_options(parser: argparse.ArgumentParser) -> None:
+    """Add the options every client command shares: TLS and ACL credentials (read by
+    :func:`check_connection`)."""
+    tls = parser.add_argument_group("TLS", "for a server with --tls-mode enforcing (or permissive)")
+    tls.add_argument(
+        "--tls",
+        action="store_true",
+        help="connect with TLS; the server's certificate is checked against the system's "
+        "CAs, or those of --tls-ca",
+    )
+    trust = tls.add_mutually_exclusive_group()
+    trust.add_argument(
+        "--tls-ca",
+        metavar="FILE",
+        type=readable_file_arg,
+        help="PEM file of the CAs that sign the server's certificate (implies --tls)",
+    )
+    trust.add_argument(
+        "--tls-insecure",
+        action="store_true",
+        help="do not check the server's certificate nor its host name (implies --tls); "
+        "anyone on the way can pretend to be the server: for self-signed dev setups only",
+    )
+    tls.add_argument(
+        "--tls-cert",
+        metavar="FILE",
+        type=readable_file_arg,
+        help="PEM file of a client certificate (and its key, unless --tls-key), for a "
+        "server that asks for one (mutual TLS; implies --tls)",
+    )
+    tls.add_argument(
+        "--tls-key",
+        metavar="FILE",
+        type=readable_file_arg,
+        help="PEM file of the client certificate's private key (needs --tls-cert)",
+    )
+    acl = parser.add_argument_group(
+        "ACL",
+        f"for a server with --acl-file. The secret key is read from {SECRET_KEY_ENV}\n"
+        f"or --secret-key-file, never from the command line; a security token, if any,\n"
+        f"from {SECURITY_TOKEN_ENV}.",
+    )
+    acl.add_argument("--access-key", metavar="AK", help="sign every request as access key AK")
+    acl.add_argument(
+        "--secret-key-file",
+        metavar="FILE",
+        type=readable_file_arg,
+        help=f"read AK's secret key from FILE's first line (else from ${SECRET_KEY_ENV})",
+    )
+    acl.add_argument(
+        "--secret-key", nargs="?", action=_RefuseSecret, default=None, help=argparse.SUPPRESS
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Connection:
+    """How a command connects: TLS options and ACL credentials, from the command line."""
+
+    tls: bool = False
+    tls_ca: str | None = None
+    tls_verify: bool = True
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    credentials: Credentials | None = None
+
+    def config(self, **options: Any) -> ClientConfig:
+        """A client configuration with these TLS options and ``options``."""
+        return ClientConfig(
+            tls=self.tls,
+            tls_ca=self.tls_ca,
+            tls_verify=self.tls_verify,
+            tls_cert=self.tls_cert,
+            tls_key=self.tls_key,
+            **options,
+        )
+
+    def client(self, reactor: Any, **options: Any) -> RemotingClient:
+        """A new client (configured with ``options``) that connects as told and signs
+        every request with the credentials, if any."""
+        client = RemotingClient(reactor, self.config(**options))
+        if self.credentials is not None:
+            client.register_rpc_hook(AclClientHook(self.credentials))
+        return client
+
+
+def _secret_key(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str | None:
+    path: str | None = args.secret_key_file
+    if path is None:
+        return os.environ.get(SECRET_KEY_ENV) or None
+    try:
+        with open(path, encoding="utf-8") as f:
+            secret = f.readline().strip()
+    except (OSError, UnicodeDecodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else "not UTF-8 text"
+        parser.error(f"argument --secret-key-file: cannot read {path}: {reason}")
+    if not secret:
+        parser.error(f"argument --secret-key-file: the first line of {path} is empty")
+    return secret
+
+
+def check_connection(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Check the connection options (a usage error, status 2, for what cannot be used)
+    and set ``args.connection`` to the :class:`Connection` they describe."""
+    if args.tls_key is not None and args.tls_cert is None:
+        parser.error("argument --tls-key: needs --tls-cert")
+    tls = bool(args.tls or args.tls_insecure or args.tls_ca or args.tls_cert)
+    credentials = None
+    if args.access_key is not None:
+        if not args.access_key:
+            parser.error("argument --access-key: empty")
+        secret = _secret_key(parser, args)
+        if secret is None:
+            parser.error(
+                f"argument --access-key: no secret key: set {SECRET_KEY_ENV} in the "
+                "environment or give --secret-key-file FILE (it is never taken on the "
+                "command line)"
+            )
+        token = os.environ.get(SECURITY_TOKEN_ENV) or None
+        credentials = Credentials(args.access_key, secret, token)
+    elif args.secret_key_file is not None:
+        parser.error("argument --secret-key-file: needs --access-key")
+    connection = Connection(
+        tls=tls,
+        tls_ca=args.tls_ca,
+        tls_verify=not args.tls_insecure,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        credentials=credentials,
+    )
+    if tls:  # the files are read now, so that one that cannot be used is a usage error
+        from rmqtwist.tls import client_tls_endpoint_factory
+
+        try:
+            client_tls_endpoint_factory(connection.config(), lambda *a: None)  # type: ignore[arg-type]
+        except ValueError as e:
+            parser.error(f"TLS: {e}")
+    args.connection = connection
+
+
 # -- why a connection was dropped ----------------------------------------------------
 
 
@@ -239,11 +419,28 @@ def explain_protocol_error(address: str, error: ProtocolError) -> str:
 _ABORTED: Final = "Connection was aborted locally using ITCPTransport.abortConnection."
 
 
+#: ``code 16 remark``, as route errors quote a name server's answer.
+_RESPONSE_CODE: Final = re.compile(r"\bcode (\d+)\b:? ?")
+
+_NO_PERMISSION_HINT: Final = (
+    "the server checks an ACL: give --access-key with its secret key, and check that "
+    "the account may do this"
+)
+
+
+def _name_code(match: re.Match[str]) -> str:
+    code = int(match[1])
+    name = code_name(code, response=True)
+    return f"{name} ({code}): " if name != str(code) else match[0]
+
+
 def describe(error: BaseException, reasons: DropReasons | None = None) -> str:
     """``Type: message``, one line, with why a dropped connection was dropped when we
     know (see :class:`DropReasons`)."""
-    text = " ".join(str(error).split()) or repr(error)
+    text = _RESPONSE_CODE.sub(_name_code, " ".join(str(error).split())) or repr(error)
     line = f"{type(error).__name__}: {text}"
+    if f"{ResponseCode.NO_PERMISSION.name} ({int(ResponseCode.NO_PERMISSION)})" in line:
+        line += f" ({_NO_PERMISSION_HINT})"
     if reasons is not None and (
         isinstance(error, ConnectionLostError) or "lost" in text or "aborted" in text
     ):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import json
 import sys
@@ -16,6 +17,8 @@ from rmqtwist.cli._common import (
     DropReasons,
     Interrupt,
     StdoutClosed,
+    add_connection_options,
+    check_connection,
     describe,
     err,
     name_servers_arg,
@@ -26,9 +29,10 @@ from rmqtwist.cli._common import (
 )
 from rmqtwist.cli._common import run as run_command
 from rmqtwist.client import RemotingClient
+from rmqtwist.codes import ResponseCode
 from rmqtwist.errors import RemotingError
 from rmqtwist.message import MessageExt
-from rmqtwist.routing import MessageQueue, RouteTable
+from rmqtwist.routing import MessageQueue, RouteError, RouteTable
 
 DESCRIPTION = f"""\
 Print the messages of TOPIC as they arrive, as consumer group G (clustering: several
@@ -88,7 +92,8 @@ def add_parser(commands: Any) -> None:
         help="seconds for each broker or name server call (default 3)",
     )
     consume.add_argument("--json", action="store_true", help="one JSON object per message")
-    consume.set_defaults(run=run)
+    add_connection_options(consume)
+    consume.set_defaults(run=run, check=functools.partial(check_connection, consume))
 
 
 def message_json(message: MessageExt, broker_name: str | None) -> dict[str, Any]:
@@ -205,6 +210,7 @@ async def _with_pull(
     printed_all = True  # every message a poll returned has been printed
     last_commit = time.monotonic()
     try:
+        await _check_access(printer.routes, args.topic)
         consumer.subscribe(args.topic, args.tag)
         await consumer.start()
         while not interrupt.requested and not printer.done():
@@ -233,6 +239,17 @@ async def _with_pull(
             await consumer.shutdown()
 
 
+async def _check_access(routes: RouteTable, topic: str) -> None:
+    """Fail (RouteError) if the name servers refuse the topic's route with NO_PERMISSION
+    (an ACL, wrong credentials): the pull consumer would otherwise keep trying, silent.
+    Any other failure is left to the consumer, which waits for the topic."""
+    try:
+        await routes.route(topic)
+    except RouteError as e:
+        if f"code {int(ResponseCode.NO_PERMISSION)} " in str(e):
+            raise
+
+
 async def _queue_of(
     assigned: frozenset[MessageQueue], message: MessageExt, printer: Printer
 ) -> MessageQueue | None:
@@ -250,7 +267,7 @@ def run(args: argparse.Namespace) -> int:
     async def consume(reactor: Any, interrupt: Interrupt) -> int:
         if not hasattr(_consumers(), "PullConsumer"):
             raise CommandError("this rmqtwist has no rmqtwist.consumer.PullConsumer yet")
-        client = RemotingClient(reactor)
+        client = args.connection.client(reactor)
         reasons = DropReasons.on(client)
         try:
             await _with_pull(args, reactor, client, interrupt)

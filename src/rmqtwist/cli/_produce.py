@@ -19,6 +19,8 @@ from rmqtwist.cli._common import (
     CommandError,
     DropReasons,
     Interrupt,
+    add_connection_options,
+    check_connection,
     describe,
     key_value_arg,
     name_servers_arg,
@@ -28,7 +30,6 @@ from rmqtwist.cli._common import (
     unique_pairs,
 )
 from rmqtwist.cli._common import run as run_command
-from rmqtwist.client import RemotingClient
 from rmqtwist.errors import RemotingError
 from rmqtwist.message import Message
 from rmqtwist.producer import Producer, SendResult, SendStatus
@@ -95,11 +96,13 @@ def add_parser(commands: Any) -> None:
         help="seconds per send try (default 3)",
     )
     produce.add_argument("--json", action="store_true", help="one JSON object per message sent")
+    add_connection_options(produce)
     produce.set_defaults(run=run, check=functools.partial(check, produce))
 
 
 def check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Checks across arguments, and the message's fields checked before anything runs."""
+    check_connection(parser, args)
     args.property = unique_pairs(parser, "--property", args.property)
     if args.body is not None and args.file is not None:
         parser.error("argument --file: not allowed with a BODY")
@@ -201,7 +204,7 @@ def _read_file(path: str) -> bytes:
 
 def run(args: argparse.Namespace) -> int:
     async def produce(reactor: Any, interrupt: Interrupt) -> int:
-        client = RemotingClient(reactor)
+        client = args.connection.client(reactor)
         reasons = DropReasons.on(client)
         producer = Producer(
             args.group, args.name_servers, reactor=reactor, client=client, send_timeout=args.timeout

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 from typing import Any
 
@@ -13,13 +14,14 @@ from rmqtwist.cli._common import (
     CommandError,
     DropReasons,
     Interrupt,
+    add_connection_options,
+    check_connection,
     describe,
     name_servers_arg,
     out,
     seconds_arg,
 )
 from rmqtwist.cli._common import run as run_command
-from rmqtwist.client import RemotingClient
 from rmqtwist.routing import (
     PERM_READ,
     PERM_WRITE,
@@ -58,6 +60,7 @@ def _options(parser: argparse.ArgumentParser) -> None:
         help="seconds for each name server's answer (default 3)",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    add_connection_options(parser)
 
 
 def add_parsers(commands: Any) -> None:
@@ -70,7 +73,7 @@ def add_parsers(commands: Any) -> None:
     _common(route)
     route.add_argument("topic", metavar="TOPIC", help="the topic")
     _options(route)
-    route.set_defaults(run=run_route)
+    route.set_defaults(run=run_route, check=functools.partial(check_connection, route))
     topics = commands.add_parser(
         "topics",
         help="list the topics the name server knows",
@@ -79,7 +82,7 @@ def add_parsers(commands: Any) -> None:
     )
     _common(topics)
     _options(topics)
-    topics.set_defaults(run=run_topics)
+    topics.set_defaults(run=run_topics, check=functools.partial(check_connection, topics))
 
 
 def queue_perms(route: TopicRoute) -> list[tuple[str, int, int]]:
@@ -144,7 +147,7 @@ def route_text(route: TopicRoute) -> str:
 
 def run_route(args: argparse.Namespace) -> int:
     async def route(reactor: Any, interrupt: Interrupt) -> int:
-        client = RemotingClient(reactor)
+        client = args.connection.client(reactor)
         reasons = DropReasons.on(client)
         try:
             table = RouteTable(client, args.name_servers, timeout=args.timeout)
@@ -164,7 +167,7 @@ def run_route(args: argparse.Namespace) -> int:
 
 def run_topics(args: argparse.Namespace) -> int:
     async def topics(reactor: Any, interrupt: Interrupt) -> int:
-        client = RemotingClient(reactor)
+        client = args.connection.client(reactor)
         reasons = DropReasons.on(client)
         try:
             table = RouteTable(client, args.name_servers, timeout=args.timeout)

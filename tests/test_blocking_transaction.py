@@ -230,3 +230,16 @@ def test_errors_after_shutdown_and_in_the_reactor_thread() -> None:
         raises(ValueError, BlockingTransactionProducer, "tx_pg", ADDRESS, local.check, threads=0)
         """
     )
+
+
+def test_a_producer_never_shut_down_lets_the_process_exit() -> None:
+    # The pool's workers are daemon threads: Python joins the others at exit, before
+    # crochet's exit handler runs, so an idle worker would hang the process.
+    run_script(
+        """
+        local = Local([COMMIT])
+        producer = BlockingTransactionProducer("tx_pg", ADDRESS, local.check)
+        assert producer.send(Message("TxT", b"x"), local.execute, COMMIT).local_state is COMMIT
+        assert local.threads[0].daemon
+        """
+    )

@@ -35,6 +35,18 @@ BlockingCheck: TypeAlias = Callable[["MessageExt"], LocalTransactionState]
 THREADS = 10
 
 
+def _daemon_thread(*args: Any, **kwargs: Any) -> threading.Thread:
+    return threading.Thread(*args, daemon=True, **kwargs)
+
+
+class _DaemonThreadPool(ThreadPool):
+    """A pool whose idle workers do not keep the process alive: a program that forgets
+    :meth:`BlockingTransactionProducer.shutdown` still exits (Python joins the threads
+    that are not daemons before crochet's exit handler could stop the pool)."""
+
+    threadFactory = staticmethod(_daemon_thread)  # type: ignore[assignment]  # noqa: N815
+
+
 class BlockingTransactionProducer(BlockingProducerBase[TransactionProducer]):
     """A :class:`~rmqtwist.producer.TransactionProducer` of ``group`` behind blocking
     methods: :meth:`send` sends a message in a transaction and returns its
@@ -74,7 +86,7 @@ class BlockingTransactionProducer(BlockingProducerBase[TransactionProducer]):
         if threads < 1:
             raise ValueError(f"threads must be at least 1, got {threads!r}")
         self.check = check
-        self._pool = ThreadPool(0, threads, name="rmqtwist-transactions")
+        self._pool = _DaemonThreadPool(0, threads, name="rmqtwist-transactions")
         self._pool_lock = threading.Lock()
         self._pool_started = False
         self._closed = False

@@ -33,6 +33,7 @@ accounts:
     groupPerms:
       - rmqtwist-cli=PUB|SUB
       - secure-g=SUB
+      - denied-g=DENY
 """
 
 
@@ -195,6 +196,22 @@ async def test_acl_wrong_secret_prints_the_remark_not_the_secret(
     assert done.returncode == 3, done
     assert "code: NO_PERMISSION (16)" in done.stdout and "remark: ACL: " in done.stdout
     assert WRONG not in done.stdout + done.stderr
+
+
+@pytest_twisted.ensureDeferred
+async def test_acl_a_denied_group_ends_consume_with_the_remark(
+    acl_broker: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The route is allowed, the group is not: the consumer's heartbeat and rebalance are
+    # refused, and consume says so instead of waiting for messages forever.
+    monkeypatch.setenv(SECRET_KEY_ENV, SECRET)
+    done = await cli(
+        "consume", acl_broker.address, "SecureTopic", "--group", "denied-g", "--count", "1",
+        "--access-key", "cli-key", "--timeout", "2",
+    )  # fmt: skip
+    assert done.returncode == 1 and done.stdout == "", done
+    (line,) = done.stderr.splitlines()
+    assert "NO_PERMISSION (16)" in line and "denied-g" in line, line
 
 
 @pytest_twisted.ensureDeferred

@@ -8,6 +8,7 @@ import pytest
 import pytest_twisted
 
 from rmqtwist.client import RemotingClient
+from rmqtwist.codes import ResponseCode
 from rmqtwist.routing import (
     MessageQueue,
     NoRouteError,
@@ -86,8 +87,9 @@ async def test_route_table_against_the_dev_broker() -> None:
         assert set(table.brokers()) == set(route.brokers)
         assert "Known" in await table.all_topics()
 
-        with pytest.raises(TopicNotFoundError, match="'Nope' does not exist"):
+        with pytest.raises(TopicNotFoundError, match="'Nope' does not exist") as missing:
             await table.route("Nope")
+        assert missing.value.codes == {ResponseCode.TOPIC_NOT_EXIST}  # the one that answered
 
         await broker.stop()
         # a failed refresh keeps the cached route; an unknown topic has none to keep
@@ -97,6 +99,7 @@ async def test_route_table_against_the_dev_broker() -> None:
         with pytest.raises(NoRouteError) as info:
             await table.route("Other")
         assert not isinstance(info.value, TopicNotFoundError)
+        assert info.value.codes == frozenset()  # nobody answered
         table.forget("Known")
         assert table.cached("Known") is None and table.topics == []
     finally:

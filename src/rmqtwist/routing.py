@@ -49,7 +49,13 @@ _MASTER_ID: Final = 0
 
 
 class RouteError(RemotingError):
-    """Base of the errors about routes."""
+    """Base of the errors about routes. ``codes`` holds the response codes the name
+    servers answered with (empty when none answered), so that a caller can tell an ACL
+    refusal (NO_PERMISSION) from a missing topic without reading the message."""
+
+    def __init__(self, message: str, codes: Iterable[int] = ()) -> None:
+        super().__init__(message)
+        self.codes: frozenset[int] = frozenset(codes)
 
 
 class NoRouteError(RouteError):
@@ -221,9 +227,12 @@ class RouteTable:
             RequestCode.GET_ROUTEINFO_BY_TOPIC
         )
         errors: list[str] = []
+        codes: list[int] = []
         not_found = answered = 0
         for address, answer in await self._ask(request):
             answered += not isinstance(answer, str)
+            if not isinstance(answer, str):
+                codes.append(answer.code)
             if isinstance(answer, str):
                 errors.append(f"{address}: {answer}")
             elif answer.code == ResponseCode.SUCCESS and answer.body:
@@ -236,8 +245,8 @@ class RouteTable:
                 errors.append(f"{address}: code {answer.code} {answer.remark or ''}".rstrip())
         detail = "; ".join(errors)
         if not_found and not_found == answered:
-            raise TopicNotFoundError(f"topic {topic!r} does not exist ({detail})")
-        raise NoRouteError(f"no route for {topic!r}: {detail}")
+            raise TopicNotFoundError(f"topic {topic!r} does not exist ({detail})", codes)
+        raise NoRouteError(f"no route for {topic!r}: {detail}", codes)
 
     def refresh_all(self) -> Deferred[None]:
         """Fetch every cached topic's route again; failures are logged, old routes kept."""
@@ -266,10 +275,13 @@ class RouteTable:
     async def _all_topics(self) -> list[str]:
         request = RemotingCommand.request(RequestCode.GET_ALL_TOPIC_LIST_FROM_NAMESERVER)
         errors: list[str] = []
+        codes: list[int] = []
         for address, answer in await self._ask(request):
             if isinstance(answer, str):
                 errors.append(f"{address}: {answer}")
-            elif answer.code == ResponseCode.SUCCESS:
+                continue
+            codes.append(answer.code)
+            if answer.code == ResponseCode.SUCCESS:
                 try:
                     data: Any = json.loads((answer.body or b"{}").decode("utf-8"))
                     return sorted(str(t) for t in data.get("topicList") or ())
@@ -277,4 +289,4 @@ class RouteTable:
                     errors.append(f"{address}: unreadable topic list ({error!r})")
             else:
                 errors.append(f"{address}: code {answer.code} {answer.remark or ''}".rstrip())
-        raise RouteError(f"no topic list: {'; '.join(errors)}")
+        raise RouteError(f"no topic list: {'; '.join(errors)}", codes)

@@ -284,3 +284,35 @@ def test_heartbeats_on_their_interval() -> None:
     clock.advance(30)
     assert client.codes().count(RequestCode.HEART_BEAT) == 2
     consumer.shutdown()
+
+
+def test_a_pull_refused_no_permission_fails_the_poll_once_and_pulling_goes_on() -> None:
+    clock, client = Clock(), FakeClient()
+    consumer = make(clock, client, retry_delay=1.0)
+    consumer.assign([Q0])
+    consumer.start()
+    waiting = consumer.poll(10.0)
+    request, d = client.pulls[0]
+    d.callback(
+        RemotingCommand.response_to(request, ResponseCode.NO_PERMISSION, "ACL: no SUB for G")
+    )
+    # the waiting poll fails at once, not after its 10 s
+    errors: list[Any] = []
+    waiting.addErrback(errors.append)
+    assert len(errors) == 1
+    assert errors[0].value.code == ResponseCode.NO_PERMISSION
+    assert "ACL: no SUB for G" in str(errors[0].value)
+    # refused again while nobody polls: the next poll fails with it, the one after waits
+    clock.advance(1.0)
+    request, d = client.pulls[1]
+    d.callback(RemotingCommand.response_to(request, ResponseCode.NO_PERMISSION, "again"))
+    again: list[Any] = []
+    consumer.poll(1.0).addErrback(again.append)
+    assert len(again) == 1 and "again" in str(again[0].value)
+    later = consumer.poll(1.0)
+    clock.advance(1.0)
+    assert later.result == []
+    # the pulls went on: the ACL fixed, the next pull is answered
+    assert len(client.pulls) == 3
+    client.answer_pull(2, 101)
+    consumer.shutdown()

@@ -246,7 +246,7 @@ async def _check_access(routes: RouteTable, topic: str) -> None:
     try:
         await routes.route(topic)
     except RouteError as e:
-        if f"code {int(ResponseCode.NO_PERMISSION)} " in str(e):
+        if ResponseCode.NO_PERMISSION in e.codes:
             raise
 
 

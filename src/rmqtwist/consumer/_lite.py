@@ -34,7 +34,9 @@ from twisted.logger import Logger
 
 from rmqtwist.acl import AclClientHook, Credentials
 from rmqtwist.client import RemotingClient
+from rmqtwist.codes import ResponseCode
 from rmqtwist.consumer._base import (
+    BrokerAnswerError,
     ConsumerClosedError,
     ConsumerError,
     PullStatus,
@@ -140,6 +142,8 @@ class PullConsumer(LiteGroup):
         self._assigned: dict[MessageQueue, Subscription] | None = None  # assign() mode
         self._queues: dict[MessageQueue, QueueState] = {}
         self._waiters: list[tuple[Deferred[list[MessageExt]], IDelayedCall | None]] = []
+        #: A request refused NO_PERMISSION since the last poll: the next poll fails with it.
+        self._refused: Exception | None = None
         self._turn = 0
         self._loops: list[LoopingCall] = []
         self._registered: set[str] = set()  # broker addresses sent a heartbeat
@@ -234,6 +238,8 @@ class PullConsumer(LiteGroup):
                     await self.routes.route(topic, refresh=True)
                 except RouteError as error:
                     _log.warn("No route for {topic} yet: {error}", topic=topic, error=error)
+                    if ResponseCode.NO_PERMISSION in error.codes:
+                        self._refuse(error)
             await self._heartbeat_all()
             await self.rebalance()
 
@@ -296,10 +302,17 @@ class PullConsumer(LiteGroup):
     def poll(self, timeout: float = 5.0) -> Deferred[list[MessageExt]]:
         """Up to ``poll_batch_size`` messages, taken in turn from the queues' buffers;
         when none is buffered, waits up to ``timeout`` seconds for some (``[]`` then).
-        Fails with ConsumerClosedError before :meth:`start` or after :meth:`shutdown`;
-        a pending poll gets ``[]`` at shutdown, and may be cancelled."""
+        Fails with ConsumerClosedError before :meth:`start` or after :meth:`shutdown`,
+        and with the error of a request refused NO_PERMISSION since the last poll (an
+        ACL denies the group or topic): a :class:`~rmqtwist.consumer.BrokerAnswerError`
+        (pull, heartbeat, rebalance) or a :class:`~rmqtwist.routing.RouteError` (the
+        route), each time it is refused again; the consumer goes on retrying meanwhile.
+        A pending poll gets ``[]`` at shutdown, and may be cancelled."""
         if self._state != "running":
             return fail(ConsumerClosedError("the consumer is not started or has been shut down"))
+        if self._refused is not None:
+            refused, self._refused = self._refused, None
+            return fail(refused)
         batch = self._take()
         if batch or timeout <= 0:
             return succeed(batch)
@@ -316,6 +329,18 @@ class PullConsumer(LiteGroup):
         timer = self.reactor.callLater(timeout, self._timed_out, waiter)
         self._waiters.append((waiter, timer))
         return waiter
+
+    def _refuse(self, error: Exception) -> None:
+        """A request was refused NO_PERMISSION (an ACL): tell the caller of :meth:`poll`,
+        now if one waits, else at the next poll, rather than retrying in silence. The
+        requests go on being retried, so that a fixed ACL lets the consumer carry on."""
+        if self._waiters:
+            waiter, timer = self._waiters.pop(0)
+            if timer is not None and timer.active():
+                timer.cancel()
+            waiter.errback(error)
+        else:
+            self._refused = error
 
     def _timed_out(self, waiter: Deferred[list[MessageExt]]) -> None:
         self._waiters = [w for w in self._waiters if w[0] is not waiter]
@@ -517,6 +542,11 @@ class PullConsumer(LiteGroup):
                 if state.stopped or epoch != state.epoch:
                     continue
                 _log.info("pull of {queue} failed: {error}", queue=queue, error=error)
+                if (
+                    isinstance(error, BrokerAnswerError)
+                    and error.code == ResponseCode.NO_PERMISSION
+                ):
+                    self._refuse(error)
                 with contextlib.suppress(CancelledError):
                     await self._wait(state, deferLater(self.reactor, self.retry_delay))
                 continue

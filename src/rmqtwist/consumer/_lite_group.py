@@ -11,7 +11,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from rmqtwist.client import RemotingClient
+from rmqtwist.codes import ResponseCode
 from rmqtwist.consumer._base import (
+    BrokerAnswerError,
     ConsumerData,
     ConsumerError,
     Subscription,
@@ -20,7 +22,7 @@ from rmqtwist.consumer._base import (
     heartbeat_request,
 )
 from rmqtwist.consumer._lite_support import QueueState
-from rmqtwist.routing import MessageQueue, RouteTable
+from rmqtwist.routing import MessageQueue, RouteError, RouteTable
 
 _log = Logger()
 
@@ -46,6 +48,9 @@ class LiteGroup:
     def _apply(self, wanted: dict[MessageQueue, Subscription]) -> None:
         raise NotImplementedError
 
+    def _refuse(self, error: Exception) -> None:
+        raise NotImplementedError
+
     # -- the group --------------------------------------------------------------------
 
     def _consumer_data(self) -> ConsumerData:
@@ -65,11 +70,17 @@ class LiteGroup:
 
         async def one(address: str) -> None:
             try:
-                await self.client.invoke(address, request, self.request_timeout)
+                response = await self.client.invoke(address, request, self.request_timeout)
             except Exception as error:
                 _log.info("heartbeat to {a} failed: {e}", a=address, e=error)
-            else:
+                return
+            if response.code == ResponseCode.SUCCESS:
                 self._registered.add(address)
+                return
+            refused = BrokerAnswerError(f"heartbeat to {address}", response.code, response.remark)
+            _log.info("{e}", e=refused)
+            if response.code == ResponseCode.NO_PERMISSION:
+                self._refuse(refused)
 
         await DeferredList([ensureDeferred(one(a)) for a in sorted(addresses)])
 
@@ -117,6 +128,10 @@ class LiteGroup:
             raise
         except Exception as error:
             _log.info("rebalance of {topic} skipped: {error}", topic=topic, error=error)
+            if isinstance(
+                error, (BrokerAnswerError, RouteError)
+            ) and ResponseCode.NO_PERMISSION in _codes(error):
+                self._refuse(error)
             return
         if self.client_id not in ids:
             # The broker does not know us (restarted, or our heartbeat went elsewhere):
@@ -131,6 +146,10 @@ class LiteGroup:
         wanted = {q: subscription for q in mine}
         wanted.update({q: s.subscription for q, s in self._queues.items() if q.topic != topic})
         self._apply(wanted)
+
+
+def _codes(error: BrokerAnswerError | RouteError) -> frozenset[int]:
+    return frozenset({error.code}) if isinstance(error, BrokerAnswerError) else error.codes
 
 
 def _ignore_cancelled(failure: Failure) -> Failure | None:

@@ -8,17 +8,14 @@ broker with :func:`rmqtwist.testing.start_broker_in_thread`, checks with plain
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 
 import rmqtwist.consumer
+from tests.script_helpers import run_python
 
-SRC = Path(__file__).resolve().parent.parent / "src"
 TIMEOUT = 90.0
 
 PRELUDE = """
@@ -69,24 +66,8 @@ print("PASSED")
 
 
 def run_script(body: str) -> subprocess.CompletedProcess[str]:
-    """Run PRELUDE + ``body`` in a fresh interpreter; fail with its output unless it
-    exits 0 having printed PASSED."""
-    script = PRELUDE + textwrap.dedent(body) + EPILOGUE
-    path = os.environ.get("PYTHONPATH")
-    env = {**os.environ, "PYTHONPATH": str(SRC) + (os.pathsep + path if path else "")}
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=TIMEOUT,
-        check=False,
-    )
-    assert done.returncode == 0 and done.stdout.endswith("PASSED\n"), (
-        f"exit status {done.returncode}\nstdout:\n{done.stdout}\nstderr:\n{done.stderr}"
-    )
-    assert "Unhandled" not in done.stderr and "Traceback" not in done.stderr, done.stderr
-    return done
+    """Run PRELUDE + ``body`` in a fresh interpreter (see run_python)."""
+    return run_python(PRELUDE + textwrap.dedent(body) + EPILOGUE, TIMEOUT)
 
 
 def test_producer_sends_from_many_threads() -> None:

@@ -9,13 +9,11 @@ after 0.3 s, looked for every 0.1 s), checks with plain ``assert``\\ s and print
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
-SRC = Path(__file__).resolve().parent.parent / "src"
+from tests.script_helpers import run_python
+
 TIMEOUT = 90.0
 
 PRELUDE = """
@@ -102,24 +100,8 @@ print("PASSED")
 
 
 def run_script(body: str) -> subprocess.CompletedProcess[str]:
-    """Run PRELUDE + ``body`` in a fresh interpreter; fail with its output unless it
-    exits 0 having printed PASSED."""
-    script = PRELUDE + textwrap.dedent(body) + EPILOGUE
-    path = os.environ.get("PYTHONPATH")
-    env = {**os.environ, "PYTHONPATH": str(SRC) + (os.pathsep + path if path else "")}
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=TIMEOUT,
-        check=False,
-    )
-    assert done.returncode == 0 and done.stdout.endswith("PASSED\n"), (
-        f"exit status {done.returncode}\nstdout:\n{done.stdout}\nstderr:\n{done.stderr}"
-    )
-    assert "Unhandled" not in done.stderr, done.stderr
-    return done
+    """Run PRELUDE + ``body`` in a fresh interpreter (see run_python)."""
+    return run_python(PRELUDE + textwrap.dedent(body) + EPILOGUE, TIMEOUT, tracebacks=True)
 
 
 def test_commit_is_consumed_and_execute_runs_off_the_reactor_thread() -> None:

@@ -1221,3 +1221,15 @@ def test_dataclass_replace_keeps_validating() -> None:
         dataclasses.replace(message, topic="")
     ext, _ = decode_record(WORKED)
     assert dataclasses.replace(ext, queue_offset=9).queue_offset == 9
+
+
+def test_with_properties_merges_and_keeps_the_rest() -> None:
+    message = Message("T", b"b", "A", "k1 k2", {"x": "1", "y": "2"}, flag=3, delay_level=2)
+    copy = message.with_properties({"y": "9", "z": "3"})
+    assert copy.properties == {"x": "1", "y": "9", "z": "3"}
+    assert (copy.topic, copy.body, copy.tags, copy.keys, copy.flag, copy.delay_level) == (
+        "T", b"b", "A", ("k1", "k2"), 3, 2,
+    )  # fmt: skip
+    assert message.properties == {"x": "1", "y": "2"}  # the original is untouched
+    with pytest.raises(ValueError):
+        message.with_properties({"bad": "a\x01b"})

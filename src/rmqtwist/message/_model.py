@@ -129,6 +129,18 @@ class Message:
         _normalise(self)
         _validate(self)
 
+    def with_properties(self, extra: Mapping[str, str]) -> Message:
+        """A copy whose ``properties`` also hold ``extra`` (which wins on a clash)."""
+        return Message(
+            self.topic,
+            self.body,
+            self.tags,
+            self.keys,
+            {**self.properties, **extra},
+            self.flag,
+            self.delay_level,
+        )
+
     def wire_properties(self) -> dict[str, str]:
         """Every property as the wire carries it: ``properties`` plus TAGS, KEYS, DELAY."""
         result = dict(self.properties)

@@ -429,15 +429,7 @@ class Producer:
         cause: BaseException,
     ) -> Deferred[SendResult]:
         # The same UNIQ_KEY on every try, as Java's producer keeps one message id.
-        prepared = Message(
-            message.topic,
-            message.body,
-            message.tags,
-            message.keys,
-            {**message.properties, **extra},
-            message.flag,
-            message.delay_level,
-        )
+        prepared = message.with_properties(extra)
         return ensureDeferred(
             self._send(
                 [prepared],
@@ -480,18 +472,7 @@ class Producer:
 
     def _prepare(self, message: Message) -> tuple[Message, str]:
         extra = self._extra(message)
-        return (
-            Message(
-                message.topic,
-                message.body,
-                message.tags,
-                message.keys,
-                {**message.properties, **extra},
-                message.flag,
-                message.delay_level,
-            ),
-            extra[Property.UNIQ_KEY],
-        )
+        return message.with_properties(extra), extra[Property.UNIQ_KEY]
 
     def _single_request(
         self, message: Message, extra: dict[str, str], queue: MessageQueue

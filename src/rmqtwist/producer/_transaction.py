@@ -250,23 +250,9 @@ class TransactionProducer(Producer):
     async def _send_in_transaction(
         self, message: Message, argument: Any, timeout: float | None
     ) -> TransactionSendResult:
-        properties = {
-            **message.properties,
-            Property.TRAN_MSG: "true",
-            Property.PGROUP: self.group,
-        }
-        half = Message(
-            message.topic, message.body, message.tags, message.keys, properties, message.flag
-        )
+        half = message.with_properties({Property.TRAN_MSG: "true", Property.PGROUP: self.group})
         result = await self.send(half, timeout=timeout)
-        sent = Message(
-            half.topic,
-            half.body,
-            half.tags,
-            half.keys,
-            {**properties, Property.UNIQ_KEY: result.msg_id},
-            half.flag,
-        )
+        sent = half.with_properties({Property.UNIQ_KEY: result.msg_id})
         remark: str | None = None
         if result.status is SendStatus.SEND_OK:
             state, remark = await _outcome("execute", self.execute, sent, argument)

@@ -32,7 +32,8 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 
-from rmqtwist.acl import AclClientHook, Credentials
+from rmqtwist._setup import client_setup
+from rmqtwist.acl import Credentials
 from rmqtwist.client import RemotingClient
 from rmqtwist.codes import ResponseCode
 from rmqtwist.consumer._base import (
@@ -58,7 +59,7 @@ from rmqtwist.consumer._lite_support import (
 )
 from rmqtwist.consumer._notify import notify_router
 from rmqtwist.message import MessageExt
-from rmqtwist.routing import MessageQueue, RouteError, RouteTable, split_addresses
+from rmqtwist.routing import MessageQueue, RouteError, RouteTable
 
 __all__ = ["PullConsumer"]
 
@@ -105,23 +106,14 @@ class PullConsumer(LiteGroup):
         request_timeout: float = 3.0,
         credentials: Credentials | None = None,
     ) -> None:
-        if reactor is None:
-            from twisted.internet import reactor as default_reactor
-
-            reactor = default_reactor
         if pull_timeout <= pull_suspend:
             raise ValueError("pull_timeout must exceed pull_suspend")
         if min(pull_batch_size, max_cached_messages, poll_batch_size) < 1:
             raise ValueError("batch sizes and max_cached_messages must be at least 1")
         self.group = group
-        self.name_servers = split_addresses(name_servers)
-        if not self.name_servers:
-            raise ValueError("a consumer needs at least one name server address")
-        self.reactor = reactor
-        self._own_client = client is None
-        self.client = client if client is not None else RemotingClient(reactor)
-        if credentials is not None:  # sign every request for a broker with ACL
-            self.client.register_rpc_hook(AclClientHook(credentials))
+        self.name_servers, self.reactor, self.client, self._own_client = client_setup(
+            "a consumer", name_servers, reactor, client, credentials
+        )
         self.auto_commit = auto_commit
         self.auto_commit_interval = auto_commit_interval
         self.consume_from = consume_from

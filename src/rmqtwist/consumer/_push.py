@@ -19,7 +19,8 @@ from twisted.internet.defer import (
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from rmqtwist.acl import AclClientHook, Credentials
+from rmqtwist._setup import client_setup
+from rmqtwist.acl import Credentials
 from rmqtwist.client import RemotingClient
 from rmqtwist.consumer._base import (
     ConsumerData,
@@ -38,7 +39,7 @@ from rmqtwist.consumer._notify import notify_router
 from rmqtwist.consumer._process_queue import LocalOffsets, ProcessQueue
 from rmqtwist.consumer._push_consume import ConsumeResult, _Consuming
 from rmqtwist.message import MessageExt
-from rmqtwist.routing import MessageQueue, RouteTable, TopicRoute, split_addresses
+from rmqtwist.routing import MessageQueue, RouteTable, TopicRoute
 
 _log = Logger()
 
@@ -102,22 +103,14 @@ class PushConsumer(_Consuming):
         offset_dir: str | None = None,
         credentials: Credentials | None = None,
     ) -> None:
-        if reactor is None:
-            from twisted.internet import reactor as default_reactor
-
-            reactor = default_reactor
-        self.group = group
-        self.name_servers = split_addresses(name_servers)
-        if not self.name_servers:
-            raise ValueError("a consumer needs at least one name server address")
         if concurrency < 1 or pull_batch_size < 1 or max_cached_messages < 1:
             raise ValueError("concurrency, pull_batch_size and max_cached_messages must be >= 1")
-        self.listener = listener
+        self.group = group
+        self.name_servers, reactor, self.client, self._own_client = client_setup(
+            "a consumer", name_servers, reactor, client, credentials
+        )
         self.reactor = reactor
-        self._own_client = client is None
-        self.client = client if client is not None else RemotingClient(reactor)
-        if credentials is not None:  # sign every request for a broker with ACL
-            self.client.register_rpc_hook(AclClientHook(credentials))
+        self.listener = listener
         self.model = model
         self.orderly = orderly
         self.consume_from = consume_from

@@ -14,7 +14,8 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from rmqtwist.acl import AclClientHook, Credentials
+from rmqtwist._setup import client_setup
+from rmqtwist.acl import Credentials
 from rmqtwist.client import RemotingClient
 from rmqtwist.codes import RequestCode, ResponseCode
 from rmqtwist.command import RemotingCommand
@@ -40,7 +41,6 @@ from rmqtwist.routing import (
     RouteTable,
     TopicNotFoundError,
     TopicRoute,
-    split_addresses,
 )
 from rmqtwist.routing import NoRouteError as _RouteNoRouteError
 
@@ -152,19 +152,11 @@ class Producer:
         client_id: str | None = None,
         credentials: Credentials | None = None,
     ) -> None:
-        if reactor is None:
-            from twisted.internet import reactor as default_reactor
-
-            reactor = default_reactor
         self.group = group
-        self.name_servers = split_addresses(name_servers)
-        if not self.name_servers:
-            raise ValueError("a producer needs at least one name server address")
+        self.name_servers, reactor, self.client, self._own_client = client_setup(
+            "a producer", name_servers, reactor, client, credentials
+        )
         self.reactor = reactor
-        self._own_client = client is None
-        self.client = client if client is not None else RemotingClient(reactor)
-        if credentials is not None:
-            self.client.register_rpc_hook(AclClientHook(credentials))
         self.send_timeout = send_timeout
         self.retries = retries
         self.compress_over = compress_over
